@@ -1,0 +1,111 @@
+"""Fixtures: an app on a real database (a fresh SQLite file, and Postgres when configured).
+
+Every test that takes `app` runs once per database: `sqlite` always, `postgres` when
+TRACKER_TEST_DATABASE_URL points at a server (a throwaway database is created for the session).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import psycopg2
+import pytest
+from flask import Flask
+
+from tracker import create_app, migrations
+from tracker.db import db
+
+PG_URL = os.environ.get("TRACKER_TEST_DATABASE_URL", "")
+SKYCORE = {"api_key": "test-api-key", "shortcode": "60856", "callback_token": "sky-secret-token"}
+
+
+def _admin_conn(url: str) -> Any:
+    parsed = urlparse(url)
+    conn = psycopg2.connect(dbname=parsed.path.lstrip("/") or "postgres", user=parsed.username,
+                            password=parsed.password, host=parsed.hostname, port=parsed.port)
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture(scope="session")
+def pg_database_url() -> Iterator[str]:
+    """A throwaway Postgres database for this test session."""
+    if not PG_URL:
+        pytest.skip("TRACKER_TEST_DATABASE_URL is not set: Postgres tests skipped")
+    name = f"tracker_test_{uuid.uuid4().hex[:10]}"
+    conn = _admin_conn(PG_URL)
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    url = urlunparse(urlparse(PG_URL)._replace(path="/" + name))
+    yield url
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A URL to an empty, migrated database of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tracker.sqlite3'}"
+        return
+    url = request.getfixturevalue("pg_database_url")
+    conn = _admin_conn(url)
+    with conn.cursor() as cur:
+        cur.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    conn.close()
+    yield url
+
+
+def make_config(database_url: str, **overrides: Any) -> dict[str, Any]:
+    """The test configuration: the fake and Skycore providers, a fixed secret."""
+    config: dict[str, Any] = {
+        "database_url": database_url,
+        "secret_key": "test-secret-key",
+        "public_base_url": "http://127.0.0.1:8000",
+        "providers": {"fake": {"callback_token": "fake-token"}, "skycore": dict(SKYCORE)},
+    }
+    config.update(overrides)
+    return config
+
+
+def build_app(config: dict[str, Any]) -> Flask:
+    """Create the app and apply the migrations."""
+    app = create_app(config)
+    app.config["WTF_CSRF_ENABLED"] = config.get("csrf", True)
+    with db.connection_context():
+        migrations.upgrade(db.obj, log=lambda _line: None)
+    return app
+
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[Flask]:
+    """The app on a fresh database, with a connection open for direct model use in tests."""
+    flask_app = build_app(make_config(database_url))
+    with flask_app.app_context():
+        db.connect(reuse_if_open=True)
+        yield flask_app
+        if not db.is_closed():
+            db.close()
+    if hasattr(db.obj, "close_all"):
+        db.obj.close_all()
+
+
+@pytest.fixture
+def client(app: Flask) -> Any:
+    """A test client for the app."""
+    return app.test_client()
+
+
+@pytest.fixture
+def api_key(app: Flask) -> str:
+    """A valid API key."""
+    from tracker import accounts
+
+    return accounts.create_api_key("tests")

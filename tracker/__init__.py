@@ -1,0 +1,40 @@
+"""dlr-tracker: send SMS through provider modules and track every delivery receipt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the web application; nothing connects or starts until a request comes."""
+    from . import db, providers, settings
+    from .web import api, auth, callbacks, dashboard, security
+
+    app = Flask(__name__, instance_path=str(ROOT / "instance"),
+                template_folder=str(ROOT / "templates"))
+    cfg = settings.load(app.instance_path, test_config)
+    app.config.update(
+        TRACKER=cfg,
+        SECRET_KEY=cfg["secret_key"],
+        DATABASE_URL=cfg["database_url"],
+        DB_POOL_SIZE=cfg["db_pool_size"],
+        MAX_CONTENT_LENGTH=max(cfg["callback_max_bytes"] + 1, 1024 * 1024),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=cfg["public_base_url"].startswith("https://"),
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_SECURE=cfg["public_base_url"].startswith("https://"),
+    )
+    app.extensions["providers"] = providers.load(cfg)
+    db.init_app(app)
+    security.init_app(app)
+    auth.init_app(app)
+    app.register_blueprint(callbacks.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(dashboard.bp)
+    return app

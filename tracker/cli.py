@@ -1,0 +1,237 @@
+"""The `tracker` command: serve, worker, db, keys, users, send, callbacks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import click
+from flask import Flask
+
+from . import ROOT, create_app
+from .settings import DEFAULTS, ConfigError
+
+
+def _app() -> Flask:
+    try:
+        return create_app()
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from exc
+
+
+def _upgrade(app: Flask) -> None:
+    from . import migrations
+    from .db import db
+
+    with app.app_context(), db.connection_context():
+        migrations.upgrade(db.obj, log=lambda line: click.echo(line, err=True))
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=os.environ.get("TRACKER_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
+
+
+@click.group()
+def main() -> None:
+    """dlr-tracker: send SMS and track every delivery receipt."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--workers", type=int, help="Web worker processes (default: web_workers).")
+def serve(host: str, port: int, workers: int | None) -> None:
+    """Run the web app (gunicorn) and the worker together; Ctrl-C stops both."""
+    _setup_logging()
+    app = _app()
+    _upgrade(app)
+    cfg = app.config["TRACKER"]
+    env = dict(os.environ)
+    if cfg["public_base_url"] == DEFAULTS["public_base_url"]:
+        env["TRACKER_PUBLIC_BASE_URL"] = f"http://{host}:{port}"
+    env["TRACKER_WEB_WORKERS"] = str(workers or cfg["web_workers"])
+    web = subprocess.Popen([  # noqa: S603 - our own interpreter and arguments
+        sys.executable, "-m", "gunicorn", "--config", "python:tracker.gunicorn_conf",
+        "--chdir", str(ROOT), "--bind", f"{host}:{port}", "wsgi:app",
+    ], env=env)
+    worker = subprocess.Popen([sys.executable, "-m", "tracker.cli", "worker"], env=env)
+    click.echo(f"dlr-tracker on http://{host}:{port} (web pid {web.pid}, worker pid {worker.pid})",
+               err=True)
+    sys.exit(_supervise([web, worker]))
+
+
+def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
+    """Wait until a signal or a child exits, then stop every child; return an exit code."""
+    stopping = False
+
+    def _stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    while not stopping and all(c.poll() is None for c in children):
+        time.sleep(0.2)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return 0 if stopping else 1
+
+
+@main.command()
+def worker() -> None:
+    """Run the scheduled jobs (dispatch, orphan re-match) in this process."""
+    from .scheduler import Worker
+
+    _setup_logging()
+    app = _app()
+    _upgrade(app)
+    runner = Worker(app)
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        runner.scheduler.shutdown(wait=True)  # let a send in flight record its outcome
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    runner.run()
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations."""
+    _upgrade(_app())
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.argument("name")
+def keys_create(name: str) -> None:
+    """Create an API key; the key is printed once, alone on the last line."""
+    from . import accounts
+
+    app = _app()
+    _upgrade(app)
+    with app.app_context():
+        key = accounts.create_api_key(name)
+    click.echo(f"API key for {name!r} (store it now; it is not shown again):")
+    click.echo(key)
+
+
+@main.group()
+def users() -> None:
+    """Dashboard accounts."""
+
+
+@users.command("create")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["viewer", "admin"]), default="viewer",
+              show_default=True)
+@click.option("--password", envvar="TRACKER_NEW_PASSWORD",
+              help="Default: prompted (or TRACKER_NEW_PASSWORD).")
+def users_create(username: str, role: str, password: str | None) -> None:
+    """Create a dashboard account."""
+    from . import accounts
+
+    if password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    app = _app()
+    _upgrade(app)
+    with app.app_context():
+        try:
+            accounts.create_user(username, password, role)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"created {role} {username!r}")
+
+
+@main.command()
+@click.option("--to", required=True, help="Phone number, any common format.")
+@click.option("--text", required=True)
+@click.option("--from", "sender")
+@click.option("--provider")
+@click.option("--client-ref")
+@click.option("--send-at", help="ISO 8601 with time zone, e.g. 2026-01-01T09:00:00Z")
+def send(to: str, text: str, sender: str | None, provider: str | None,
+         client_ref: str | None, send_at: str | None) -> None:
+    """Queue one SMS, as POST /api/v1/messages does; prints the message as JSON."""
+    import json
+
+    from . import reporting, sending
+
+    app = _app()
+    _upgrade(app)
+    cfg = app.config["TRACKER"]
+    data = {"to": to, "text": text, "from": sender, "provider": provider,
+            "client_ref": client_ref, "send_at": send_at}
+    with app.app_context():
+        try:
+            new = sending.validate(data, providers=app.extensions["providers"],
+                                   default_provider=cfg["default_provider"],
+                                   default_region=cfg["default_region"])
+        except sending.SendRejected as exc:
+            raise click.ClickException(f"{exc.field}: {exc.message}") from exc
+        message = sending.enqueue(new, source="cli")
+        click.echo(json.dumps(reporting.message_detail(message.id), indent=2))
+
+
+@main.group()
+def callbacks() -> None:
+    """Stored provider callbacks."""
+
+
+def _when(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed.astimezone(dt.UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+
+
+@callbacks.command("replay")
+@click.option("--id", "ids", type=int, multiple=True, help="Callback id (repeatable).")
+@click.option("--since", help="Received at or after (ISO 8601; UTC when no zone).")
+@click.option("--until", help="Received before (ISO 8601; UTC when no zone).")
+@click.option("--verdict", help="Only callbacks with this verdict (e.g. invalid, error).")
+@click.option("--dry-run", is_flag=True, help="Print what would change; write nothing.")
+def callbacks_replay(ids: tuple[int, ...], since: str | None, until: str | None,
+                     verdict: str | None, dry_run: bool) -> None:
+    """Re-run stored callbacks through the current parser."""
+    from . import replay
+    from .db import db as database
+
+    if not (ids or since or until or verdict):
+        raise click.UsageError("say which callbacks: --id, --since/--until or --verdict")
+    app = _app()
+    _upgrade(app)
+    count = 0
+    with app.app_context(), database.connection_context():
+        for callback in replay.select_callbacks(list(ids), _when(since), _when(until), verdict):
+            click.echo(replay.replay(callback, app.extensions["providers"], dry_run=dry_run).line())
+            count += 1
+    click.echo(f"{count} callback(s) {'checked (dry run)' if dry_run else 'replayed'}", err=True)
+
+
+if __name__ == "__main__":
+    main()

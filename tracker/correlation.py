@@ -1,0 +1,187 @@
+"""Receipts -> events and status: dedupe, match, the status rule, orphans and their re-match.
+
+Hot path (a callback): per receipt one SELECT of the message, one INSERT of the event (which
+is also the dedupe check, `ON CONFLICT DO NOTHING RETURNING`), and, when the rule says so, one
+guarded UPDATE. Hand-written SQL: peewee's query building costs ~140 µs a statement, as much
+as the statement itself (perf-baseline.md §5). Every function here runs inside `write_tx()`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .db import execute
+from .models import utcnow
+from .providers.base import Receipt
+from .status import GUARD_SQL, RANK, Current, Status, decide, guard_params, order_key
+
+
+class Verdict(StrEnum):
+    """What became of a callback (or of one receipt in it)."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    ORPHAN = "orphan"
+    IGNORED = "ignored"  # understood, but changed nothing (stale, lower rank, not for us)
+    INVALID = "invalid"  # nothing in it could be understood
+    ERROR = "error"  # stored, but processing failed on our side; replay it
+
+
+# When a callback carries several receipts, its verdict is the most telling of theirs.
+_VERDICT_WEIGHT = {Verdict.APPLIED: 4, Verdict.ORPHAN: 3, Verdict.IGNORED: 2,
+                   Verdict.DUPLICATE: 1}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one receipt did."""
+
+    verdict: Verdict
+    message_id: int | None = None
+    reason: str | None = None
+
+
+_SELECT_BY_PMID = (
+    "SELECT id, status, status_order, status_inferred FROM message"
+    " WHERE provider = ? AND provider_message_id = ? ORDER BY id DESC LIMIT 1"
+)
+_SELECT_BY_REFERENCE = (
+    "SELECT id, status, status_order, status_inferred FROM message"
+    " WHERE reference = ? AND provider = ?"
+)
+_SELECT_BY_ID = "SELECT id, status, status_order, status_inferred FROM message WHERE id = ?"
+_INSERT_EVENT = (
+    "INSERT INTO event (message_id, callback_id, kind, source, provider, provider_message_id,"
+    " reference, status, raw_status, error_code, detail, applied, reason, occurred_at,"
+    " received_at, dedupe_key) VALUES (?, ?, 'receipt', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+)
+_UPDATE_STATUS = (
+    "UPDATE message SET status = ?, status_rank = ?, status_order = ?, status_inferred = ?,"  # noqa: S608
+    " status_at = ?, error_code = ?, error_detail = ?, updated_at = ? WHERE id = ? AND "
+    + GUARD_SQL
+)
+
+
+def find_message(receipt: Receipt) -> tuple | None:
+    """The message row a receipt belongs to: by provider message id, then by our reference."""
+    if receipt.provider_message_id:
+        row = execute(_SELECT_BY_PMID, (receipt.provider, receipt.provider_message_id)).fetchone()
+        if row:
+            return row
+    if receipt.reference:
+        return execute(_SELECT_BY_REFERENCE, (receipt.reference, receipt.provider)).fetchone()
+    return None
+
+
+def apply_receipt(receipt: Receipt, *, source: str, callback_id: int | None = None,
+                  received_at: dt.datetime | None = None) -> Outcome:
+    """Record one receipt as an event and move its message when the status rule allows."""
+    received_at = received_at or utcnow()
+    row = find_message(receipt)
+    if row is None:
+        event_id = _insert_event(receipt, None, callback_id, source, received_at,
+                                 applied=None, reason="orphan: no message with this id yet")
+        return Outcome(Verdict.ORPHAN if event_id else Verdict.DUPLICATE)
+    message_id, current = row[0], _current(row)
+    decision = decide(current, receipt.status, receipt.occurred_at)
+    event_id = _insert_event(receipt, message_id, callback_id, source, received_at,
+                             applied=decision.applies, reason=decision.reason)
+    if event_id is None:
+        return Outcome(Verdict.DUPLICATE, message_id, "duplicate receipt")
+    if not decision.applies:
+        return Outcome(Verdict.IGNORED, message_id, decision.reason)
+    if _update_status(message_id, receipt):
+        return Outcome(Verdict.APPLIED, message_id)
+    return _lost_race(message_id, event_id, receipt)
+
+
+def callback_verdict(outcomes: list[Outcome]) -> Verdict:
+    """The verdict of a callback from those of its receipts."""
+    if not outcomes:
+        return Verdict.IGNORED
+    return max((o.verdict for o in outcomes), key=_VERDICT_WEIGHT.__getitem__)
+
+
+def set_status(message_id: int, status: Status, *, occurred_at: dt.datetime | None = None,
+               error_code: str | None = None, detail: str | None = None,
+               inferred: bool = False) -> bool:
+    """Move a message through the same guarded UPDATE receipts use (send outcomes, expiry)."""
+    receipt = Receipt(provider="", status=status, error_code=error_code, detail=detail,
+                      occurred_at=occurred_at)
+    return _update_status(message_id, receipt, inferred=inferred)
+
+
+def rematch_orphans(provider: str, provider_message_id: str, message_id: int) -> int:
+    """Apply orphan receipts that were waiting for this message's provider id; returns count."""
+    rows = execute(
+        "SELECT id, status, raw_status, error_code, detail, occurred_at FROM event"
+        " WHERE message_id IS NULL AND kind = 'receipt' AND provider = ?"
+        " AND provider_message_id = ? ORDER BY id",
+        (provider, provider_message_id),
+    ).fetchall()
+    for event_id, status, raw_status, error_code, detail, occurred_at in rows:
+        receipt = Receipt(provider=provider, status=Status(status), raw_status=raw_status,
+                          provider_message_id=provider_message_id, error_code=error_code,
+                          detail=detail, occurred_at=_as_datetime(occurred_at))
+        current = _current(execute(_SELECT_BY_ID, (message_id,)).fetchone())
+        decision = decide(current, receipt.status, receipt.occurred_at)
+        applied = decision.applies and _update_status(message_id, receipt)
+        reason = None if applied else (decision.reason or "superseded by a concurrent receipt")
+        execute("UPDATE event SET message_id = ?, applied = ?, reason = ? WHERE id = ?",
+                (message_id, applied, reason, event_id))
+    return len(rows)
+
+
+def pending_orphans(limit: int = 500) -> list[tuple[str, str, int]]:
+    """(provider, provider message id, message id) for orphans whose message now exists."""
+    return execute(
+        "SELECT DISTINCT e.provider, e.provider_message_id, m.id FROM event e"
+        " JOIN message m ON m.provider = e.provider"
+        " AND m.provider_message_id = e.provider_message_id"
+        " WHERE e.message_id IS NULL AND e.kind = 'receipt' LIMIT ?",
+        (limit,),
+    ).fetchall()
+
+
+def _insert_event(receipt: Receipt, message_id: int | None, callback_id: int | None,
+                  source: str, received_at: dt.datetime, *, applied: bool | None,
+                  reason: str | None) -> int | None:
+    dedupe = f"{receipt.provider}:{receipt.dedupe_key}" if receipt.dedupe_key else None
+    row = execute(_INSERT_EVENT, (
+        message_id, callback_id, source, receipt.provider, receipt.provider_message_id,
+        receipt.reference, receipt.status.value, receipt.raw_status, receipt.error_code,
+        receipt.detail, applied, reason, receipt.occurred_at, received_at, dedupe,
+    )).fetchone()
+    return row[0] if row else None
+
+
+def _update_status(message_id: int, receipt: Receipt, *, inferred: bool = False) -> bool:
+    status = receipt.status
+    cursor = execute(_UPDATE_STATUS, (
+        status.value, RANK[status], order_key(status, receipt.occurred_at), inferred,
+        receipt.occurred_at, receipt.error_code, receipt.detail, utcnow(), message_id,
+        *guard_params(status, receipt.occurred_at, inferred=inferred),
+    ))
+    return cursor.rowcount == 1
+
+
+def _lost_race(message_id: int, event_id: int, receipt: Receipt) -> Outcome:
+    """Another process moved the message between our SELECT and UPDATE: record why."""
+    current = _current(execute(_SELECT_BY_ID, (message_id,)).fetchone())
+    reason = decide(current, receipt.status, receipt.occurred_at).reason or "superseded"
+    execute("UPDATE event SET applied = ?, reason = ? WHERE id = ?", (False, reason, event_id))
+    return Outcome(Verdict.IGNORED, message_id, reason)
+
+
+def _current(row: tuple) -> Current:
+    return Current(status=Status(row[1]), order=row[2], inferred=bool(row[3]))
+
+
+def _as_datetime(value: object) -> dt.datetime | None:
+    """SQLite hands timestamps back as text from raw SQL; Postgres as datetime."""
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(str(value))

@@ -1,0 +1,52 @@
+"""Job bodies the worker runs on a schedule. Each is idempotent and safe to run twice."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from flask import Flask
+
+from . import correlation, sending
+from .db import db, write_tx
+from .models import Lease, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def dispatch(app: Flask) -> int:
+    """Submit due messages through their providers."""
+    cfg = app.config["TRACKER"]
+    with db.connection_context():
+        return sending.dispatch(
+            app.extensions["providers"], batch_size=cfg["dispatch_batch_size"],
+            max_attempts=cfg["send_max_attempts"], backoff_seconds=cfg["send_backoff_seconds"],
+        )
+
+
+def rematch_orphans(app: Flask) -> int:
+    """Apply orphan receipts whose message has since got its provider id."""
+    applied = 0
+    with db.connection_context():
+        for provider, provider_message_id, message_id in correlation.pending_orphans():
+            with write_tx():
+                applied += correlation.rematch_orphans(provider, provider_message_id, message_id)
+    if applied:
+        log.info("re-matched %d orphan receipts", applied)
+    return applied
+
+
+def hold_lease(name: str, owner: str, ttl_seconds: float) -> bool:
+    """Take or renew the named lease; True while this owner holds it."""
+    now = utcnow()
+    expires = now + dt.timedelta(seconds=ttl_seconds)
+    with db.connection_context(), write_tx():
+        renewed = (Lease.update(owner=owner, expires_at=expires)
+                   .where((Lease.name == name)
+                          & ((Lease.owner == owner) | (Lease.expires_at < now)))
+                   .execute())
+        if renewed:
+            return True
+        inserted = (Lease.insert(name=name, owner=owner, expires_at=expires)
+                    .on_conflict(conflict_target=[Lease.name], action="NOTHING").execute())
+        return bool(inserted) and Lease.get_by_id(name).owner == owner

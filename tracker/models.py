@@ -1,0 +1,149 @@
+"""Tables: messages, callbacks, events (the timeline), and the auth and bookkeeping tables.
+
+Indexes are declared here and created by the migrations; each names the query it serves.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import peewee as pw
+
+from .db import db
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC: every timestamp in the database is UTC without tzinfo."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class Message(BaseModel):
+    """One outbound SMS."""
+
+    reference = pw.CharField(max_length=32, unique=True)
+    client_ref = pw.CharField(max_length=64, null=True)
+    provider = pw.CharField(max_length=32)
+    provider_message_id = pw.CharField(max_length=128, null=True)
+    recipient = pw.CharField(max_length=20)  # E.164, "+" included; the API calls it `to`
+    sender = pw.CharField(max_length=32, null=True)  # the API calls it `from`
+    text = pw.TextField()
+    status = pw.CharField(max_length=16)
+    status_rank = pw.SmallIntegerField(default=0)
+    status_order = pw.CharField(max_length=40)  # status.order_key of the current status
+    status_inferred = pw.BooleanField(default=False)
+    status_at = pw.DateTimeField(null=True)  # provider time of the current status
+    error_code = pw.CharField(max_length=64, null=True)
+    error_detail = pw.TextField(null=True)
+    send_at = pw.DateTimeField(null=True)
+    due_at = pw.DateTimeField(null=True)  # when the dispatcher should (re)try; null = not due
+    claimed_until = pw.DateTimeField(null=True)  # a dispatcher's lease on this row
+    attempts = pw.IntegerField(default=0)
+    submitted_at = pw.DateTimeField(null=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = (
+            (("status", "provider", "created_at"), False),  # dashboard filters, newest first
+            (("provider", "provider_message_id"), False),  # callback correlation
+            (("recipient", "created_at"), False),  # search by phone number
+            (("client_ref",), False),
+            (("due_at",), False),  # dispatcher: due messages
+            (("created_at",), False),  # dashboard: newest first, unfiltered
+        )
+
+
+class Callback(BaseModel):
+    """One raw HTTP request a provider sent us, verbatim, with its verdict."""
+
+    provider = pw.CharField(max_length=32)
+    method = pw.CharField(max_length=8)
+    path = pw.CharField(max_length=512)  # the secret token segment is masked
+    query = pw.TextField(default="")
+    headers = pw.TextField(default="[]")  # JSON list of [name, value]
+    body = pw.BlobField()
+    remote_addr = pw.CharField(max_length=64, null=True)
+    received_at = pw.DateTimeField(default=utcnow)
+    verdict = pw.CharField(max_length=16)
+    detail = pw.TextField(null=True)
+
+    class Meta:
+        indexes = (
+            (("received_at",), False),
+            (("verdict", "received_at"), False),
+            (("provider", "received_at"), False),
+        )
+
+
+class Event(BaseModel):
+    """One line of a message's timeline; a receipt with no message yet is an orphan."""
+
+    message = pw.ForeignKeyField(Message, null=True, backref="events", on_delete="CASCADE",
+                                  index=False)  # (message, id) below serves it
+    callback = pw.ForeignKeyField(Callback, null=True, backref="events", on_delete="SET NULL")
+    kind = pw.CharField(max_length=16)  # created, submitted, send_failed, retry, receipt, ...
+    source = pw.CharField(max_length=16)  # api, cli, dispatcher, callback, poll, replay, worker
+    provider = pw.CharField(max_length=32, null=True)
+    provider_message_id = pw.CharField(max_length=128, null=True)
+    reference = pw.CharField(max_length=32, null=True)
+    status = pw.CharField(max_length=16, null=True)
+    raw_status = pw.CharField(max_length=128, null=True)
+    error_code = pw.CharField(max_length=64, null=True)
+    detail = pw.TextField(null=True)
+    applied = pw.BooleanField(null=True)
+    reason = pw.TextField(null=True)  # why a receipt was not applied
+    occurred_at = pw.DateTimeField(null=True)  # provider's clock
+    received_at = pw.DateTimeField(default=utcnow)  # ours
+    dedupe_key = pw.CharField(max_length=255, null=True, unique=True)
+
+    class Meta:
+        indexes = (
+            (("message", "id"), False),  # a message's timeline in order
+            (("provider", "provider_message_id"), False),  # orphans waiting for their message
+            (("received_at",), False),
+        )
+
+
+class ApiKey(BaseModel):
+    """A developer's API key; only its SHA-256 is stored."""
+
+    name = pw.CharField(max_length=64)
+    key_hash = pw.CharField(max_length=64, unique=True)
+    prefix = pw.CharField(max_length=12)
+    created_at = pw.DateTimeField(default=utcnow)
+    revoked_at = pw.DateTimeField(null=True)
+
+
+class User(BaseModel):
+    """A dashboard account."""
+
+    username = pw.CharField(max_length=64, unique=True)
+    password_hash = pw.CharField(max_length=255)
+    role = pw.CharField(max_length=16, default="viewer")
+    session_version = pw.IntegerField(default=1)  # bumped on logout: old cookies stop working
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class Lease(BaseModel):
+    """Which worker process runs the jobs; it renews the lease while alive."""
+
+    name = pw.CharField(max_length=64, primary_key=True)
+    owner = pw.CharField(max_length=128)
+    expires_at = pw.DateTimeField()
+
+
+class SchemaMigration(BaseModel):
+    """Applied schema migrations."""
+
+    version = pw.IntegerField(primary_key=True)
+    name = pw.CharField(max_length=128)
+    applied_at = pw.DateTimeField(default=utcnow)
+
+
+ALL_MODELS: list[type[BaseModel]] = [Message, Callback, Event, ApiKey, User, Lease, SchemaMigration]

@@ -1,0 +1,243 @@
+"""Skycore (seed 003, PROTOCOLS.md §3): XML `sendSMS`, XML postbacks in two published forms.
+
+Send: `<REQUEST><ACTION>sendSMS</ACTION>…` POSTed in the form field `xml`; the answer is
+`<RESPONSE><STATUS>Success|Failure</STATUS>…`. Postbacks arrive as a raw XML body or an `xml=`
+form field, one or several per request: the legacy `<NOTIFICATION>` (attribute case varies,
+delivery carried as `<STATUS PROTOCOL=… STATUS=…/>`) and the flat `<POSTBACK>` (N201/N202/
+E201/E202). Correlation is by TRACKINGID only: the postback's TO may differ from the recipient.
+"""
+
+from __future__ import annotations
+
+import re
+from xml.etree.ElementTree import Element
+
+import httpx
+
+from .. import safexml
+from ..status import Status
+from .base import (
+    CallbackRequest,
+    OutboundMessage,
+    ParsedCallback,
+    Provider,
+    Receipt,
+    SendError,
+    SendResult,
+    Setting,
+)
+from .timestamps import parse_timestamp
+from .xmlbuild import xml_document
+
+API_URL = "https://secure.skycore.com/API/wxml/1.3/index.php"
+MAX_TEXT = 160  # "SMS message limited to 160 characters" (seed 003)
+
+# Postback CODE -> status (Appendix D). E202 is refined by its STATUS text below.
+STATUS_MAP: dict[str, Status] = {
+    "N201": Status.SENT,
+    "N202": Status.DELIVERED,
+    "E201": Status.FAILED,
+    "E202": Status.UNDELIVERED,
+}
+_E202_SUFFIX = {
+    "failed": Status.UNDELIVERED,
+    "expired": Status.EXPIRED,
+    "rejected": Status.REJECTED,
+    "notsupported": Status.REJECTED,
+}
+
+# sendSMS error codes (Appendix B, PROTOCOLS.md §3.2/§3.4): permanent ones tied to the request
+# reject the message, account/config ones fail it, the rate limit is retried later.
+REJECT_CODES = frozenset({"E110", "E111", "E201", "E628", "E712", "E714", "E715"})
+FAIL_CODES = frozenset({"E100", "E101", "E102", "E103", "E104", "E105", "E107", "E108",
+                        "E109", "E713"})
+RETRY_CODES = frozenset({"E106", "E999"})
+
+# Published examples close a tag with another opening tag (<FROM_MASK>x<FROM_MASK>).
+_UNCLOSED = re.compile(rb"<([A-Za-z_]+)>([^<>]*)<\1>")
+
+
+def protocol_status(protocol: str, code: str) -> Status:
+    """Map the legacy `<STATUS PROTOCOL=p STATUS=s/>` through Appendix B's tables."""
+    try:
+        p, s = int(protocol), int(code)
+    except ValueError:
+        return Status.UNKNOWN
+    if p == 1:
+        return Status.FAILED  # gateway pre-send failures: no route, no credits, ...
+    if p == 2:
+        if s == 4:
+            return Status.DELIVERED
+        if s in (0, 1, 2, 3, 5):
+            return Status.SENT
+        if s in (811, 2011):
+            return Status.EXPIRED
+        if 561 <= s <= 572:
+            return Status.REJECTED
+        if 1000 <= s <= 1030:
+            return Status.FAILED
+        return Status.UNDELIVERED
+    if p == 3:
+        return {1: Status.DELIVERED, 2: Status.UNDELIVERED, 4: Status.SENT, 8: Status.SENT,
+                16: Status.REJECTED}.get(s, Status.UNKNOWN)
+    if p == 4:
+        if s == 0:
+            return Status.DELIVERED
+        if 100 <= s <= 117:
+            return Status.REJECTED
+        return Status.UNDELIVERED
+    return Status.UNKNOWN
+
+
+class SkycoreProvider(Provider):
+    """Skycore XML API v1.3."""
+
+    slug = "skycore"
+    name = "Skycore"
+    SETTINGS = {
+        "base_url": Setting(str, default=API_URL),
+        "api_key": Setting(str, required=True, secret=True),
+        "shortcode": Setting(str, required=True),
+        "callback_token": Setting(str, required=True, secret=True),
+        "campaign_ref": Setting(str),
+    }
+    STATUS_MAP = STATUS_MAP
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        """POST sendSMS and read Success/TRACKINGID or Failure/ERRORCODE."""
+        if len(message.text) > MAX_TEXT:
+            raise SendError(f"Skycore accepts at most {MAX_TEXT} characters",
+                            permanent=True, status=Status.REJECTED, code="TEXT_TOO_LONG")
+        payload = xml_document("REQUEST", [
+            ("ACTION", "sendSMS"),
+            ("API_KEY", self.config["api_key"]),
+            ("TO", message.to.lstrip("+")),  # international format without + or 00
+            ("FROM", message.sender or self.config["shortcode"]),
+            ("CAMPAIGNREF", self.config.get("campaign_ref")),
+            ("TEXT", message.text),
+        ])
+        try:
+            response = self.client.post(self.config["base_url"], data={"xml": payload})
+        except httpx.HTTPError as exc:
+            raise SendError(f"Skycore unreachable: {exc}", permanent=False) from exc
+        raw = response.text
+        if response.status_code >= 500:
+            raise SendError(f"Skycore HTTP {response.status_code}", permanent=False, raw=raw)
+        return self._read_send_response(response.content, raw)
+
+    def _read_send_response(self, content: bytes, raw: str) -> SendResult:
+        try:
+            root = safexml.parse(content)
+        except safexml.XMLRefused as exc:
+            raise SendError(f"Skycore answer unreadable: {exc}", permanent=False, raw=raw) from exc
+        outcome = (safexml.find_text(root, "STATUS") or "").lower()
+        tracking_id = safexml.find_text(root, "TRACKINGID")
+        if outcome == "success" and tracking_id:
+            return SendResult(provider_message_id=tracking_id, raw=raw)
+        code = (safexml.find_text(root, "ERRORCODE") or "").upper()
+        info = safexml.find_text(root, "ERRORINFO") or "no ERRORINFO"
+        detail = f"{code or 'no ERRORCODE'}: {info}"
+        if code in REJECT_CODES:
+            raise SendError(detail, permanent=True, status=Status.REJECTED, code=code, raw=raw)
+        if code in RETRY_CODES:
+            raise SendError(detail, permanent=False, code=code, raw=raw)
+        # FAIL_CODES and anything undocumented: an account/config problem, not worth a retry.
+        raise SendError(detail, permanent=True, status=Status.FAILED, code=code or None, raw=raw)
+
+    # -- postbacks -----------------------------------------------------------------------
+
+    def parse_callback(self, request: CallbackRequest) -> ParsedCallback:
+        """Accept a raw XML body or an `xml=` form field; one or many postbacks."""
+        parsed = ParsedCallback()
+        document = self._xml_bytes(request)
+        try:
+            root = safexml.parse(document)
+        except safexml.XMLMalformed as exc:
+            repaired = _UNCLOSED.sub(rb"<\1>\2</\1>", document)
+            try:
+                root = safexml.parse(repaired)
+            except safexml.XMLRefused:
+                parsed.errors.append(str(exc))
+                return parsed
+            parsed.notes.append(f"repaired malformed XML ({exc})")
+        except safexml.XMLRefused as exc:
+            parsed.errors.append(str(exc))
+            return parsed
+        for element in _postbacks(root):
+            self._read_postback(element, parsed)
+        if not parsed.receipts and not parsed.errors:
+            parsed.notes.append(f"no SMS postback in <{_name(root)}>")
+        return parsed
+
+    @staticmethod
+    def _xml_bytes(request: CallbackRequest) -> bytes:
+        if "form-urlencoded" in request.content_type or request.body.startswith(b"xml="):
+            values = request.form().get(b"xml")
+            if values:
+                return values[0]
+        return request.body
+
+    def _read_postback(self, el: Element, parsed: ParsedCallback) -> None:
+        body = safexml.find_child(el, "BODY")
+        fields = body if body is not None else el  # NOTIFICATION nests its fields in BODY
+        origin = (safexml.find_text(el, "ORIGIN") or "SMS_MT").upper()
+        code = (safexml.find_text(el, "CODE") or "").upper()
+        tracking_id = safexml.find_text(fields, "TRACKINGID")
+        if origin != "SMS_MT" or not code.startswith(("N2", "E2")) or code == "N211":
+            parsed.notes.append(f"ignored {origin} {code or 'without CODE'}")
+            return
+        if not tracking_id:
+            parsed.errors.append(f"{code} postback without TRACKINGID")
+            return
+        status, raw_status, error_code, detail = self._classify(el, fields, code)
+        parsed.receipts.append(Receipt(
+            provider=self.slug,
+            status=status,
+            provider_message_id=tracking_id,
+            raw_status=raw_status,
+            error_code=error_code,
+            detail=detail,
+            occurred_at=parse_timestamp(safexml.find_text(fields, "TIMESTAMP")
+                                        or safexml.attr(el, "CREATED")),
+            dedupe_key=f"{tracking_id}|{raw_status}",
+        ))
+
+    def _classify(self, el: Element, fields: Element, code: str
+                  ) -> tuple[Status, str, str | None, str | None]:
+        """(status, raw status, error code, detail) for one postback."""
+        legacy = safexml.find_child(fields, "STATUS")
+        if legacy is not None and safexml.attr(legacy, "PROTOCOL") is not None:
+            protocol = safexml.attr(legacy, "PROTOCOL") or ""
+            value = safexml.attr(legacy, "STATUS") or ""
+            status = protocol_status(protocol, value)
+            raw = f"{code} P{protocol}:{value}"
+            failed = status not in (Status.DELIVERED, Status.SENT)
+            return status, raw, f"P{protocol}:{value}" if failed else None, None
+        text = safexml.find_text(el, "STATUS")
+        status = self.STATUS_MAP.get(code, Status.UNKNOWN)
+        if code == "E202" and text:
+            suffix = text.rsplit("/", 1)[-1].replace(" ", "").lower()
+            status = _E202_SUFFIX.get(suffix, Status.UNDELIVERED)
+        details = safexml.find_text(el, "STATUSDETAILS")
+        raw = f"{code} {text}" if text else code
+        error = code if code.startswith("E") else None
+        return status, raw, error, details
+
+
+def _name(el: Element) -> str:
+    return el.tag.rsplit("}", 1)[-1].upper()
+
+
+def _postbacks(root: Element) -> list[Element]:
+    """Every postback element: the root itself, or those under a wrapper (any depth)."""
+    found: list[Element] = []
+    stack = [root]
+    while stack:
+        el = stack.pop()
+        if _name(el) in ("NOTIFICATION", "POSTBACK") and safexml.find_child(el, "CODE") is not None:
+            found.append(el)
+        else:
+            stack.extend(reversed(list(el)))
+    return found

@@ -1,0 +1,72 @@
+"""The worker: one APScheduler process running the jobs, never inside a web worker.
+
+Several workers may be started (hosts that fail over); a lease row in the database lets one of
+them run the jobs while the others wait, so every job body runs once per period.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+
+from apscheduler.schedulers.blocking import BlockingScheduler
+from flask import Flask
+
+from . import jobs
+
+log = logging.getLogger(__name__)
+LEASE_NAME = "worker"
+LEASE_SECONDS = 30.0
+
+
+class Worker:
+    """Runs jobs while it holds the worker lease."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.is_leader = threading.Event()
+        self.scheduler = BlockingScheduler(
+            timezone="UTC",
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
+        )
+        cfg = app.config["TRACKER"]
+        self.scheduler.add_job(self._renew_lease, "interval", seconds=LEASE_SECONDS / 3,
+                               id="lease", next_run_time=_now())
+        self._every("dispatch", jobs.dispatch, cfg["dispatch_interval_seconds"])
+        self._every("rematch_orphans", jobs.rematch_orphans, cfg["orphan_rematch_seconds"])
+
+    def _every(self, name: str, job: Callable[[Flask], object], seconds: float) -> None:
+        self.scheduler.add_job(self._guarded, "interval", seconds=seconds, id=name,
+                               args=[name, job])
+
+    def _renew_lease(self) -> None:
+        try:
+            leader = jobs.hold_lease(LEASE_NAME, self.owner, LEASE_SECONDS)
+        except Exception:
+            log.exception("could not renew the worker lease")
+            leader = False
+        if leader != self.is_leader.is_set():
+            log.info("worker %s %s the job lease", self.owner, "took" if leader else "lost")
+        (self.is_leader.set if leader else self.is_leader.clear)()
+
+    def _guarded(self, name: str, job: Callable[[Flask], object]) -> None:
+        if not self.is_leader.is_set():
+            return
+        try:
+            job(self.app)
+        except Exception:
+            log.exception("job %s failed; it runs again at its next period", name)
+
+    def run(self) -> None:
+        """Block until SIGINT/SIGTERM."""
+        log.info("worker %s starting", self.owner)
+        self.scheduler.start()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,163 @@
+"""Settings: defaults in code -> TOML file (TRACKER_CONFIG) -> TRACKER_* env -> test dict.
+
+Every layer is merged into one nested dict, then validated once, so a typo or a missing key
+fails at start with the key's dotted name instead of surfacing at the first request.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TRACKER_"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the key."""
+
+
+# Top-level keys, their type and default. `None` defaults are derived at load time.
+DEFAULTS: dict[str, Any] = {
+    "database_url": None,  # default: SQLite file under instance/
+    "public_base_url": "http://127.0.0.1:8000",
+    "secret_key": None,  # default: generated once into instance/secret_key
+    "default_provider": "fake",
+    "default_region": "",  # ISO country for numbers written without a country code
+    "callback_max_bytes": 64 * 1024,
+    "db_pool_size": 8,  # Postgres connections per process
+    "web_workers": 4,
+    "dispatch_interval_seconds": 1.0,
+    "dispatch_batch_size": 50,
+    "send_max_attempts": 6,
+    "send_backoff_seconds": 30.0,
+    "orphan_rematch_seconds": 15.0,
+    "providers": {"fake": {}},
+}
+
+TYPES: dict[str, type | tuple[type, ...]] = {
+    "database_url": str,
+    "public_base_url": str,
+    "secret_key": str,
+    "default_provider": str,
+    "default_region": str,
+    "callback_max_bytes": int,
+    "db_pool_size": int,
+    "web_workers": int,
+    "dispatch_interval_seconds": (int, float),
+    "dispatch_batch_size": int,
+    "send_max_attempts": int,
+    "send_backoff_seconds": (int, float),
+    "orphan_rematch_seconds": (int, float),
+    "providers": dict,
+}
+
+
+def load(instance_path: str, test_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge every layer and validate the top-level keys."""
+    merged = copy.deepcopy(DEFAULTS)
+    config_file = os.environ.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        _merge(merged, _read_toml(config_file))
+    _merge(merged, from_env(os.environ))
+    if test_config:
+        _merge(merged, copy.deepcopy(test_config))
+    _validate(merged)
+    _derive(merged, Path(instance_path))
+    return merged
+
+
+def from_env(environ: os._Environ[str] | dict[str, str]) -> dict[str, Any]:
+    """TRACKER_FOO=1 -> {"foo": 1}; TRACKER_PROVIDERS__SKYCORE__API_KEY=x nests on '__'."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        if name.startswith(ENV_PREFIX + "TEST_"):
+            continue  # test-suite knobs such as TRACKER_TEST_DATABASE_URL are not settings
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _coerce(path, raw)
+    return out
+
+
+def _coerce(path: list[str], raw: str) -> Any:
+    """Give an env string the type its default has, so TOML and env validate alike."""
+    expected = TYPES.get(path[0]) if len(path) == 1 else None
+    try:
+        if expected is int:
+            return int(raw)
+        if expected == (int, float):
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{'__'.join(path).upper()}: not a number: {raw!r}") from exc
+    return raw
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"TRACKER_CONFIG: no such file: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"TRACKER_CONFIG: {path} is not valid TOML: {exc}") from exc
+
+
+def _merge(base: dict[str, Any], layer: dict[str, Any]) -> None:
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _validate(cfg: dict[str, Any]) -> None:
+    for key, value in cfg.items():
+        if key not in TYPES:
+            raise ConfigError(f"{key}: unknown setting (see config/tracker.example.toml)")
+        if value is None:
+            continue
+        expected = TYPES[key]
+        if isinstance(value, bool) or not isinstance(value, expected):
+            names = expected.__name__ if isinstance(expected, type) else "number"
+            raise ConfigError(f"{key}: expected {names}, got {type(value).__name__} {value!r}")
+    for slug, section in cfg["providers"].items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"providers.{slug}: expected a table")
+    if cfg["callback_max_bytes"] < 1024:
+        raise ConfigError("callback_max_bytes: must be at least 1024")
+    if not str(cfg["public_base_url"]).startswith(("http://", "https://")):
+        raise ConfigError("public_base_url: must start with http:// or https://")
+    if cfg["default_provider"] not in cfg["providers"]:
+        name = cfg["default_provider"]
+        raise ConfigError(f"default_provider: {name!r} has no [providers.{name}] table")
+
+
+def _derive(cfg: dict[str, Any], instance: Path) -> None:
+    """Fill the defaults that depend on the instance folder."""
+    if not cfg["database_url"]:
+        instance.mkdir(parents=True, exist_ok=True)
+        cfg["database_url"] = f"sqlite:///{instance / 'tracker.sqlite3'}"
+    if not cfg["secret_key"]:
+        cfg["secret_key"] = _instance_secret(instance)
+    cfg["public_base_url"] = cfg["public_base_url"].rstrip("/")
+
+
+def _instance_secret(instance: Path) -> str:
+    """Generate the session key once and keep it beside the database, never in the repo."""
+    instance.mkdir(parents=True, exist_ok=True)
+    path = instance / "secret_key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        key = secrets.token_urlsafe(48)
+        fh.write(key)
+    return key

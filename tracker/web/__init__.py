@@ -1,0 +1,1 @@
+"""Blueprints: callbacks (providers), api (developers), dashboard and auth (support staff)."""

@@ -1,0 +1,82 @@
+"""The JSON API for developers: send a message, read it back with its timeline."""
+
+from __future__ import annotations
+
+from functools import wraps
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from werkzeug.exceptions import HTTPException
+
+from .. import accounts, reporting, sending
+from ..db import UNAVAILABLE_ERRORS
+from .security import csrf
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+csrf.exempt(bp)
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> tuple[Response, int]:
+    """The one error shape: {"error": {"code", "message", ...}}."""
+    return jsonify({"error": {"code": code, "message": message, **extra}}), status
+
+
+def require_key(view):  # type: ignore[no-untyped-def]
+    """Reject requests without a valid `Authorization: Bearer <key>`."""
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        scheme, _, key = (request.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or accounts.verify_api_key(key.strip()) is None:
+            response, status = error(401, "unauthorized", "a valid API key is required")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="dlr-tracker"'
+            return response, status
+        return view(*args, **kwargs)
+    return wrapper
+
+
+@bp.post("/messages")
+@require_key
+def create_message() -> Any:
+    """Queue one SMS; 202 with the stored message."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        return error(400, "invalid_json", "send a JSON object with Content-Type: application/json")
+    cfg = current_app.config["TRACKER"]
+    try:
+        new = sending.validate(data, providers=current_app.extensions["providers"],
+                               default_provider=cfg["default_provider"],
+                               default_region=cfg["default_region"])
+    except sending.SendRejected as exc:
+        return error(400, "invalid_" + exc.field, exc.message, field=exc.field)
+    message = sending.enqueue(new, source="api")
+    body = reporting.message_detail(message.id)
+    response = jsonify(body)
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.get_message", ident=str(message.id))
+    return response
+
+
+@bp.get("/messages/<ident>")
+@require_key
+def get_message(ident: str) -> Any:
+    """One message by id or by reference, with its events."""
+    message_id = reporting.resolve_message_id(ident)
+    if message_id is None:
+        return error(404, "not_found", f"no message {ident!r}")
+    return jsonify(reporting.message_detail(message_id))
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Any:
+    return error(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
+                 exc.description or "")
+
+
+def _db_down(_exc: Exception) -> Any:
+    response, status = error(503, "unavailable", "the database is unavailable; retry later")
+    response.headers["Retry-After"] = "30"
+    return response, status
+
+
+for _unavailable in UNAVAILABLE_ERRORS:
+    bp.register_error_handler(_unavailable, _db_down)

@@ -1,0 +1,115 @@
+"""`POST /callbacks/<provider>/<token>`: authenticate, store raw, then parse and correlate.
+
+The raw callback is committed in the same transaction as its events, before the answer, so
+anything acknowledged is stored. Anything stored gets 200 (Skycore accepts exactly 200), with a
+verdict; a store that fails answers 503 + Retry-After so the provider retries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+
+from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from .. import correlation
+from ..db import UNAVAILABLE_ERRORS, execute, write_tx
+from ..models import utcnow
+from ..providers.base import CallbackRequest, ParsedCallback, Provider
+from .security import csrf
+
+bp = Blueprint("callbacks", __name__)
+csrf.exempt(bp)
+log = logging.getLogger(__name__)
+
+_REDACTED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+_INSERT_CALLBACK = (
+    "INSERT INTO callback (provider, method, path, query, headers, body, remote_addr,"
+    " received_at, verdict, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+)
+
+
+def _plain(text: str, status: int, **headers: str) -> Response:
+    return Response(text + "\n", status=status, mimetype="text/plain", headers=headers)
+
+
+@bp.route("/callbacks/<provider>/<token>", methods=["GET", "POST"])
+def receive(provider: str, token: str) -> Response:
+    """Store one provider callback and apply its receipts."""
+    handler: Provider | None = current_app.extensions["providers"].get(provider)
+    if handler is None or not handler.token_matches(token):
+        return _plain("not found", 404)  # same answer for unknown provider and wrong token
+    if request.method not in handler.CALLBACK_METHODS:
+        return _plain("method not allowed", 405, Allow=", ".join(handler.CALLBACK_METHODS))
+    body = _read_body(current_app.config["TRACKER"]["callback_max_bytes"])
+    if body is None:
+        return _plain("request body too large", 413)
+    raw = CallbackRequest(method=request.method, content_type=request.content_type or "",
+                          query=request.args.to_dict(flat=False), body=body,
+                          headers={k.lower(): v for k, v in request.headers.items()})
+    parsed = handler.parse_callback(raw)
+    try:
+        verdict = _store_and_apply(provider, raw, parsed)
+    except UNAVAILABLE_ERRORS as exc:
+        log.warning("callback from %s not stored: %s", provider, exc)
+        return _plain("temporarily unavailable, retry later", 503, **{"Retry-After": "30"})
+    except Exception:
+        log.exception("callback from %s: processing failed", provider)
+        try:
+            with write_tx():
+                _insert_callback(provider, raw, correlation.Verdict.ERROR,
+                                 "processing failed; replay it")
+        except Exception:
+            return _plain("temporarily unavailable, retry later", 503, **{"Retry-After": "30"})
+        verdict = correlation.Verdict.ERROR
+    return _plain(f"OK {verdict}", 200)
+
+
+def _read_body(limit: int) -> bytes | None:
+    """The body, or None past `limit` bytes; chunked bodies are measured, not trusted."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    # Werkzeug truncates a chunked body at max_content_length without an error: read one byte
+    # more than allowed and refuse when it is there.
+    request.max_content_length = limit + 1
+    try:
+        body = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        return None
+    return None if len(body) > limit else body
+
+
+def _store_and_apply(provider: str, raw: CallbackRequest, parsed: ParsedCallback) -> str:
+    received_at = utcnow()
+    with write_tx():
+        callback_id = _insert_callback(provider, raw, "pending", None, received_at)
+        outcomes = [
+            correlation.apply_receipt(r, source="callback", callback_id=callback_id,
+                                      received_at=received_at)
+            for r in parsed.receipts
+        ]
+        if parsed.receipts:
+            verdict = correlation.callback_verdict(outcomes)
+        else:
+            verdict = correlation.Verdict.INVALID if parsed.errors else correlation.Verdict.IGNORED
+        detail = "; ".join(parsed.errors + parsed.notes) or None
+        execute("UPDATE callback SET verdict = ?, detail = ? WHERE id = ?",
+                (verdict.value, detail, callback_id))
+    return verdict.value
+
+
+def _insert_callback(provider: str, raw: CallbackRequest, verdict: str, detail: str | None,
+                     received_at: dt.datetime | None = None) -> int:
+    """INSERT the raw request (inside the caller's write transaction)."""
+    headers = [[k, "[redacted]" if k.lower() in _REDACTED_HEADERS else v]
+               for k, v in request.headers.items()]
+    # The secret token never reaches the database: store the path with it masked.
+    path = request.path.rsplit("/", 1)[0] + "/***"
+    row = execute(_INSERT_CALLBACK, (
+        provider, request.method, path, request.query_string.decode("latin-1"),
+        json.dumps(headers), raw.body, request.remote_addr, received_at or utcnow(),
+        verdict, detail,
+    )).fetchone()
+    return row[0]
