@@ -35,6 +35,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     security.init_app(app)
     auth.init_app(app)
     app.register_blueprint(callbacks.bp)
-    app.register_blueprint(api.bp)
+    api.init_app(app)
     app.register_blueprint(dashboard.bp)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from .. import accounts, reporting, sending
@@ -66,10 +66,16 @@ def get_message(ident: str) -> Any:
     return jsonify(reporting.message_detail(message_id))
 
 
-@bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Any:
-    return error(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
-                 exc.description or "")
+def init_app(app: Flask) -> None:
+    """Register the blueprint; HTTP errors under /api/ answer JSON, routing errors included."""
+    app.register_blueprint(bp)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Any:
+        if not request.path.startswith(bp.url_prefix or "/api/"):
+            return exc
+        return error(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
+                     exc.description or "")
 
 
 def _db_down(_exc: Exception) -> Any:

@@ -1,0 +1,55 @@
+"""Settings layers and their validation: a bad key fails at start, naming it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tracker import create_app
+from tracker.settings import ConfigError, from_env, load
+
+SKY = {"api_key": "k", "shortcode": "1", "callback_token": "t"}
+
+
+def test_layers_defaults_file_env_test(tmp_path, monkeypatch) -> None:
+    config = tmp_path / "tracker.toml"
+    config.write_text('default_region = "KZ"\ncallback_max_bytes = 2048\n'
+                      '[providers.skycore]\napi_key = "from-file"\nshortcode = "60856"\n'
+                      'callback_token = "tok"\n')
+    monkeypatch.setenv("TRACKER_CONFIG", str(config))
+    monkeypatch.setenv("TRACKER_CALLBACK_MAX_BYTES", "4096")
+    monkeypatch.setenv("TRACKER_PROVIDERS__SKYCORE__API_KEY", "from-env")
+    cfg = load(str(tmp_path / "instance"), {"default_region": "UZ"})
+    assert cfg["callback_max_bytes"] == 4096  # env beats file
+    assert cfg["providers"]["skycore"]["api_key"] == "from-env"
+    assert cfg["providers"]["skycore"]["shortcode"] == "60856"  # file beats default
+    assert cfg["default_region"] == "UZ"  # test dict beats env
+    assert cfg["database_url"].startswith("sqlite:///") and cfg["secret_key"]
+
+
+def test_secret_key_is_generated_once_outside_the_repo(tmp_path) -> None:
+    first = load(str(tmp_path), {})["secret_key"]
+    assert first == load(str(tmp_path), {})["secret_key"] and len(first) > 40
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    ({"providers": {"skycore": {"shortcode": "1", "callback_token": "t"}}},
+     "providers.skycore.api_key"),
+    ({"providers": {"skycore": {**SKY, "apikey": "x"}}}, "providers.skycore.apikey"),
+    ({"providers": {"skycore": {**SKY, "api_key": 5}}}, "providers.skycore.api_key"),
+    ({"providers": {"nosuch": {}}}, "providers.nosuch"),
+    ({"callback_max_bytes": "big"}, "callback_max_bytes"),
+    ({"databse_url": "x"}, "databse_url"),
+    ({"default_provider": "skycore"}, "default_provider"),
+    ({"public_base_url": "example.com"}, "public_base_url"),
+    ({"database_url": "mysql://x"}, "database_url"),
+])
+def test_bad_settings_fail_at_start_naming_the_key(tmp_path, overrides, named) -> None:
+    with pytest.raises((ConfigError, ValueError), match=named.replace(".", r"\.")):
+        create_app({"database_url": f"sqlite:///{tmp_path}/x.db", **overrides})
+
+
+def test_env_numbers_are_checked() -> None:
+    with pytest.raises(ConfigError, match="TRACKER_CALLBACK_MAX_BYTES"):
+        from_env({"TRACKER_CALLBACK_MAX_BYTES": "lots"})
+    assert from_env({"TRACKER_TEST_DATABASE_URL": "x", "OTHER": "y"}) == {}
