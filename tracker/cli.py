@@ -36,6 +36,8 @@ def _upgrade(app: Flask) -> None:
 def _setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("TRACKER_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
+    # APScheduler logs every run at INFO; our jobs log what they did themselves.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 @click.group()

@@ -12,9 +12,11 @@ Postgres: a connection pool per process, checked out per request and returned at
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import functools
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +25,11 @@ from urllib.parse import parse_qsl, urlparse
 
 import peewee
 from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
+
+# Explicit adapters: the implicit datetime adapter is deprecated since Python 3.12, and this is
+# the text form peewee reads back ("2026-01-01 12:00:00.000001").
+sqlite3.register_adapter(dt.datetime, lambda value: value.isoformat(" "))
+sqlite3.register_adapter(dt.date, lambda value: value.isoformat())
 
 db = peewee.DatabaseProxy()
 

@@ -17,3 +17,6 @@ preload_app = False
 # gunicorn's own header limits bound what a sender can make us buffer before the app runs.
 limit_request_line = 4094
 limit_request_fields = 100
+# gunicorn 24+ opens a control socket at one fixed path per user; several instances on one
+# machine (tests, benchmarks, two services) would fight over it, and we do not use it.
+control_socket_disable = True

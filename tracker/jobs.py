@@ -18,10 +18,13 @@ def dispatch(app: Flask) -> int:
     """Submit due messages through their providers."""
     cfg = app.config["TRACKER"]
     with db.connection_context():
-        return sending.dispatch(
+        tried = sending.dispatch(
             app.extensions["providers"], batch_size=cfg["dispatch_batch_size"],
             max_attempts=cfg["send_max_attempts"], backoff_seconds=cfg["send_backoff_seconds"],
         )
+    if tried:
+        log.info("dispatched %d message(s)", tried)
+    return tried
 
 
 def rematch_orphans(app: Flask) -> int:

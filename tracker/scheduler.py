@@ -36,12 +36,12 @@ class Worker:
         )
         cfg = app.config["TRACKER"]
         self.scheduler.add_job(self._renew_lease, "interval", seconds=LEASE_SECONDS / 3,
-                               id="lease", next_run_time=_now())
+                               id="lease", name="lease", next_run_time=_now())
         self._every("dispatch", jobs.dispatch, cfg["dispatch_interval_seconds"])
         self._every("rematch_orphans", jobs.rematch_orphans, cfg["orphan_rematch_seconds"])
 
     def _every(self, name: str, job: Callable[[Flask], object], seconds: float) -> None:
-        self.scheduler.add_job(self._guarded, "interval", seconds=seconds, id=name,
+        self.scheduler.add_job(self._guarded, "interval", seconds=seconds, id=name, name=name,
                                args=[name, job])
 
     def _renew_lease(self) -> None:

@@ -49,9 +49,8 @@ def receive(provider: str, token: str) -> Response:
     raw = CallbackRequest(method=request.method, content_type=request.content_type or "",
                           query=request.args.to_dict(flat=False), body=body,
                           headers={k.lower(): v for k, v in request.headers.items()})
-    parsed = handler.parse_callback(raw)
     try:
-        verdict = _store_and_apply(provider, raw, parsed)
+        verdict = _store_and_apply(provider, raw, handler.parse_callback(raw))
     except UNAVAILABLE_ERRORS as exc:
         log.warning("callback from %s not stored: %s", provider, exc)
         return _plain("temporarily unavailable, retry later", 503, **{"Retry-After": "30"})
