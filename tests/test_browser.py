@@ -1,0 +1,83 @@
+"""The dashboard in a real headless Chromium: log in, search a number typed with spaces, read
+a message's timeline. Needs Debian's chromium and chromium-driver (.ci/run installs them)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+
+import pytest
+from werkzeug.serving import make_server
+
+from tracker import accounts, sending
+from tracker.models import Message
+from tracker.providers.base import SendResult
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    CHROMEDRIVER is None, reason="chromium-driver not installed (apt-get install chromium-driver)")
+
+
+@pytest.fixture
+def live_url(app) -> Iterator[str]:
+    """The app served over real HTTP on loopback."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    profile = tempfile.mkdtemp(prefix="tracker-chromium-")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(5)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_support_finds_a_message_and_reads_why(app, live_url, browser) -> None:
+    accounts.create_user("ana", "correct horse battery", "viewer")
+    message = sending.enqueue(sending.NewMessage(to="+77011234567", text="Your code is 1234",
+                                                 provider="skycore"), source="test")
+    sending.record_accepted(Message.get_by_id(message.id), SendResult("SMS_42"))
+    client = app.test_client()
+    for code, text in (("N202", "Message Sent/Delivered"), ("N201", "Message Sent")):
+        client.post("/callbacks/skycore/sky-secret-token", content_type="text/xml",
+                    data=f"<POSTBACK><ORIGIN>SMS_MT</ORIGIN><CODE>{code}</CODE><STATUS>{text}"
+                         f"</STATUS><TRACKINGID>SMS_42</TRACKINGID></POSTBACK>".encode())
+
+    browser.get(live_url + "/messages")
+    assert "/auth/login" in browser.current_url
+    browser.find_element(By.NAME, "username").send_keys("ana")
+    browser.find_element(By.NAME, "password").send_keys("correct horse battery")
+    browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+
+    search = browser.find_element(By.NAME, "q")
+    search.send_keys("+7 701 123 45 67")  # as the customer dictated it
+    browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    rows = browser.find_elements(By.CSS_SELECTOR, "table.list tbody tr")
+    assert len(rows) == 1 and message.reference in rows[0].text and "delivered" in rows[0].text
+
+    browser.find_element(By.LINK_TEXT, message.reference).click()
+    timeline = browser.find_element(By.CSS_SELECTOR, "ol.timeline").text
+    assert "delivered" in timeline
+    assert "Why not applied: message is already final (delivered)" in timeline
+    browser.find_element(By.CSS_SELECTOR, "details summary").click()
+    assert "Message Sent/Delivered" in browser.find_element(By.CSS_SELECTOR, "details pre").text
