@@ -21,8 +21,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.update(
         TRACKER=cfg,
         SECRET_KEY=cfg["secret_key"],
-        DATABASE_URL=cfg["database_url"],
-        DB_POOL_SIZE=cfg["db_pool_size"],
         MAX_CONTENT_LENGTH=max(cfg["callback_max_bytes"] + 1, 1024 * 1024),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",

@@ -35,7 +35,7 @@ db = peewee.DatabaseProxy()
 
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",
-    "synchronous": 2,  # FULL
+    "synchronous": 2,  # FULL by default; see sqlite_synchronous
     "foreign_keys": 1,
     "cache_size": -64 * 1024,  # 64 MiB
     "busy_timeout": 5000,
@@ -54,12 +54,13 @@ class WriteLockTimeout(peewee.OperationalError):
     """Another process held the SQLite writer lock for longer than WRITE_LOCK_TIMEOUT."""
 
 
-def connect_database(url: str, pool_size: int = 8) -> peewee.Database:
+def connect_database(url: str, pool_size: int = 8, synchronous: str = "full") -> peewee.Database:
     """Build (but do not open) a database from a sqlite:// or postgres:// URL."""
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else parsed.path
-        return SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=5, returning_clause=True)
+        pragmas = {**SQLITE_PRAGMAS, "synchronous": 2 if synchronous == "full" else 1}
+        return SqliteDatabase(path, pragmas=pragmas, timeout=5, returning_clause=True)
     if parsed.scheme in ("postgres", "postgresql"):
         options: dict[str, Any] = dict(parse_qsl(parsed.query))
         return PooledPostgresqlDatabase(
@@ -152,7 +153,9 @@ def execute(sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
 
 def init_app(app: Any) -> None:
     """Bind the proxy to the configured database and register the request hooks."""
-    db.initialize(connect_database(app.config["DATABASE_URL"], app.config["DB_POOL_SIZE"]))
+    cfg = app.config["TRACKER"]
+    db.initialize(connect_database(cfg["database_url"], cfg["db_pool_size"],
+                                   cfg["sqlite_synchronous"]))
 
     @app.before_request
     def _open() -> None:

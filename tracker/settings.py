@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "default_region": "",  # ISO country for numbers written without a country code
     "callback_max_bytes": 64 * 1024,
     "db_pool_size": 8,  # Postgres connections per process
+    "sqlite_synchronous": "full",  # "normal": faster commits, may lose the last ones on power loss
     "web_workers": 4,
     "dispatch_interval_seconds": 1.0,
     "dispatch_batch_size": 50,
@@ -46,6 +47,7 @@ TYPES: dict[str, type | tuple[type, ...]] = {
     "default_region": str,
     "callback_max_bytes": int,
     "db_pool_size": int,
+    "sqlite_synchronous": str,
     "web_workers": int,
     "dispatch_interval_seconds": (int, float),
     "dispatch_batch_size": int,
@@ -130,6 +132,8 @@ def _validate(cfg: dict[str, Any]) -> None:
     for slug, section in cfg["providers"].items():
         if not isinstance(section, dict):
             raise ConfigError(f"providers.{slug}: expected a table")
+    if cfg["sqlite_synchronous"] not in ("full", "normal"):
+        raise ConfigError("sqlite_synchronous: must be \"full\" or \"normal\"")
     if cfg["callback_max_bytes"] < 1024:
         raise ConfigError("callback_max_bytes: must be at least 1024")
     if not str(cfg["public_base_url"]).startswith(("http://", "https://")):
