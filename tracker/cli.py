@@ -33,8 +33,8 @@ def _upgrade(app: Flask) -> None:
         migrations.upgrade(db.obj, log=lambda line: click.echo(line, err=True))
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=os.environ.get("TRACKER_LOG_LEVEL", "INFO"),
+def _setup_logging(app: Flask) -> None:
+    logging.basicConfig(level=app.config["TRACKER"]["log_level"].upper(),
                         format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
     # APScheduler logs every run at INFO; our jobs log what they did themselves.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
@@ -51,8 +51,8 @@ def main() -> None:
 @click.option("--workers", type=int, help="Web worker processes (default: web_workers).")
 def serve(host: str, port: int, workers: int | None) -> None:
     """Run the web app (gunicorn) and the worker together; Ctrl-C stops both."""
-    _setup_logging()
     app = _app()
+    _setup_logging(app)
     _upgrade(app)
     cfg = app.config["TRACKER"]
     env = dict(os.environ)
@@ -99,8 +99,8 @@ def worker() -> None:
     """Run the scheduled jobs (dispatch, orphan re-match) in this process."""
     from .scheduler import Worker
 
-    _setup_logging()
     app = _app()
+    _setup_logging(app)
     _upgrade(app)
     runner = Worker(app)
 

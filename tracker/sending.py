@@ -22,7 +22,10 @@ from .status import Status, order_key
 
 log = logging.getLogger(__name__)
 
-CLAIM_SECONDS = 120  # a dispatcher's lease on a claimed message; longer than any send
+CLAIM_SECONDS = 120  # a dispatcher's lease on a claimed batch
+# Once a send starts, the message is held for this long: a dispatcher that dies mid-send must
+# not let another one resend blindly (the provider may have accepted it).
+SEND_LEASE_SECONDS = 3600
 
 
 class SendRejected(ValueError):
@@ -114,7 +117,7 @@ def claim_due(limit: int, now: dt.datetime | None = None) -> list[Message]:
     lock = "" if is_sqlite() else " FOR UPDATE SKIP LOCKED"  # SQLite: the writer lock serialises
     with write_tx():
         rows = execute(
-            "UPDATE message SET claimed_until = ?, attempts = attempts + 1 WHERE id IN ("  # noqa: S608
+            "UPDATE message SET claimed_until = ? WHERE id IN ("  # noqa: S608
             " SELECT id FROM message WHERE due_at <= ? AND status IN ('queued', 'scheduled')"
             " AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY due_at LIMIT ?"
             f"{lock}) RETURNING id",
@@ -129,6 +132,8 @@ def dispatch(providers: dict[str, Provider], *, batch_size: int, max_attempts: i
     """Submit every due message once; returns how many were tried."""
     messages = claim_due(batch_size)
     for message in messages:
+        if not _hold_for_send(message):
+            continue  # our batch claim ran out and another dispatcher took this message
         provider = providers.get(message.provider)
         outbound = OutboundMessage(reference=message.reference, to=message.recipient,
                                    text=message.text, sender=message.sender)
@@ -147,6 +152,18 @@ def dispatch(providers: dict[str, Provider], *, batch_size: int, max_attempts: i
         else:
             record_accepted(message, result)
     return len(messages)
+
+
+def _hold_for_send(message: Message) -> bool:
+    """Swap our batch claim for a send lease, only if the claim is still ours."""
+    until = utcnow() + dt.timedelta(seconds=SEND_LEASE_SECONDS)
+    with write_tx():
+        taken = (Message.update(claimed_until=until, attempts=Message.attempts + 1)
+                 .where((Message.id == message.id)
+                        & (Message.claimed_until == message.claimed_until)).execute())
+    message.claimed_until = until
+    message.attempts += 1
+    return taken == 1
 
 
 def record_accepted(message: Message, result: SendResult) -> None:

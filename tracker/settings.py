@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "secret_key": None,  # default: generated once into instance/secret_key
     "default_provider": "fake",
     "default_region": "",  # ISO country for numbers written without a country code
+    "log_level": "INFO",
     "callback_max_bytes": 64 * 1024,
     "db_pool_size": 8,  # Postgres connections per process
     "sqlite_synchronous": "full",  # "normal": faster commits, may lose the last ones on power loss
@@ -45,6 +46,7 @@ TYPES: dict[str, type | tuple[type, ...]] = {
     "secret_key": str,
     "default_provider": str,
     "default_region": str,
+    "log_level": str,
     "callback_max_bytes": int,
     "db_pool_size": int,
     "sqlite_synchronous": str,
@@ -134,6 +136,8 @@ def _validate(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"providers.{slug}: expected a table")
     if cfg["sqlite_synchronous"] not in ("full", "normal"):
         raise ConfigError("sqlite_synchronous: must be \"full\" or \"normal\"")
+    if cfg["log_level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError("log_level: one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
     if cfg["callback_max_bytes"] < 1024:
         raise ConfigError("callback_max_bytes: must be at least 1024")
     if not str(cfg["public_base_url"]).startswith(("http://", "https://")):

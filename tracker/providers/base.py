@@ -63,9 +63,11 @@ class CallbackRequest:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
 
-    def form(self) -> dict[bytes, list[bytes]]:
-        """The body as url-encoded form fields (bytes, so declared XML encodings survive)."""
-        return parse_qs(self.body, keep_blank_values=True)
+    def form(self) -> dict[str, list[bytes]]:
+        """The body as url-encoded form fields; values stay bytes, so an XML document's own
+        encoding declaration still applies (latin-1 maps every percent-decoded byte 1:1)."""
+        fields = parse_qs(self.body.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+        return {k: [v.encode("latin-1") for v in values] for k, values in fields.items()}
 
 
 @dataclass(frozen=True)

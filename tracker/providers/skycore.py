@@ -174,7 +174,7 @@ class SkycoreProvider(Provider):
     @staticmethod
     def _xml_bytes(request: CallbackRequest) -> bytes:
         if "form-urlencoded" in request.content_type or request.body.startswith(b"xml="):
-            values = request.form().get(b"xml")
+            values = request.form().get("xml")
             if values:
                 return values[0]
         return request.body
@@ -192,6 +192,7 @@ class SkycoreProvider(Provider):
             parsed.errors.append(f"{code} postback without TRACKINGID")
             return
         status, raw_status, error_code, detail = self._classify(el, fields, code)
+        stamp = safexml.find_text(fields, "TIMESTAMP") or safexml.attr(el, "CREATED")
         parsed.receipts.append(Receipt(
             provider=self.slug,
             status=status,
@@ -199,9 +200,10 @@ class SkycoreProvider(Provider):
             raw_status=raw_status,
             error_code=error_code,
             detail=detail,
-            occurred_at=parse_timestamp(safexml.find_text(fields, "TIMESTAMP")
-                                        or safexml.attr(el, "CREATED")),
-            dedupe_key=f"{tracking_id}|{raw_status}",
+            occurred_at=parse_timestamp(stamp),
+            # TRACKINGID is "temporary" (Appendix A) and may be reused: the provider's time
+            # keeps a later message's reports apart from an earlier one's.
+            dedupe_key=f"{tracking_id}|{raw_status}|{stamp or ''}",
         ))
 
     def _classify(self, el: Element, fields: Element, code: str

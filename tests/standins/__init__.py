@@ -1,0 +1,1 @@
+"""Stand-ins for provider APIs: small real HTTP servers on loopback speaking their formats."""
