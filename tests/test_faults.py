@@ -1,0 +1,108 @@
+"""Nothing acknowledged is lost: gunicorn workers are SIGKILLed at random while a retrying
+sender posts distinct postbacks (reliability.md §6.3, E1), on both databases."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import SKYCORE
+from servers import _parents, cmdline, db_rows, reset_postgres, tracker_serve
+from standins.skycore import SkycoreStandIn, postback
+
+EVENTS = 300
+SENDERS = 8
+DEADLINE = 90.0
+
+
+def gunicorn_workers(serve_pid: int) -> list[int]:
+    """The gunicorn worker processes (children of the gunicorn master under `tracker serve`)."""
+    parents = _parents()
+    masters = [p for p, parent in parents.items()
+               if parent == serve_pid and "gunicorn" in cmdline(p)]
+    return [p for p, parent in parents.items() if parent in masters]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_sigkilled_workers_lose_no_acknowledged_callback(kind: str, request: pytest.FixtureRequest,
+                                                         tmp_path: Path) -> None:
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'faults.sqlite3'}"
+    else:
+        url = request.getfixturevalue("pg_database_url")
+        reset_postgres(url)
+    acknowledged: set[str] = set()
+    attempts = [0]
+    lock = threading.Lock()
+    pending = [f"K{i:05d}" for i in range(EVENTS)]
+    stop = threading.Event()
+    kills = [0]
+
+    with SkycoreStandIn(api_key=SKYCORE["api_key"]) as sky, tracker_serve(
+        tmp_path / "run", database_url=url, skycore_url=sky.url, web_workers=4,
+    ) as server:
+        url_cb = server.callback_url()
+
+        def sender() -> None:
+            with httpx.Client(timeout=5.0) as client:
+                while not stop.is_set():
+                    with lock:
+                        if not pending:
+                            return
+                        tracking = pending.pop()
+                    body = postback(tracking, "N202")
+                    while not stop.is_set():  # retry until acknowledged, as providers do
+                        with lock:
+                            attempts[0] += 1
+                        try:
+                            answer = client.post(url_cb, content=body,
+                                                 headers={"Content-Type": "text/xml"})
+                        except httpx.HTTPError:
+                            time.sleep(0.02)
+                            continue
+                        if answer.status_code == 200:
+                            with lock:
+                                acknowledged.add(tracking)
+                            break
+                        time.sleep(0.02)
+
+        def chaos() -> None:
+            rng = random.Random(7)
+            while not stop.wait(0.25):
+                workers = gunicorn_workers(server.proc.pid)
+                if workers:
+                    try:
+                        os.kill(rng.choice(workers), signal.SIGKILL)
+                        kills[0] += 1
+                    except ProcessLookupError:
+                        pass
+
+        threads = [threading.Thread(target=sender) for _ in range(SENDERS)]
+        killer = threading.Thread(target=chaos)
+        for thread in [*threads, killer]:
+            thread.start()
+        deadline = time.monotonic() + DEADLINE
+        for thread in threads:
+            thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        stop.set()
+        killer.join(timeout=5)
+        for thread in threads:
+            thread.join(timeout=10)
+
+    stored = {row[0] for row in db_rows(
+        url, "SELECT provider_message_id FROM event WHERE kind = 'receipt'")}
+    per_id = db_rows(url, "SELECT provider_message_id, count(*) FROM event WHERE kind = 'receipt'"
+                          " GROUP BY provider_message_id HAVING count(*) > 1")
+    assert kills[0] >= 10, "the chaos thread should have killed workers"
+    assert len(acknowledged) == EVENTS, f"only {len(acknowledged)} acknowledged in time"
+    assert acknowledged <= stored, f"acknowledged but lost: {sorted(acknowledged - stored)[:10]}"
+    assert per_id == []  # retries after a kill are folded as duplicates, never stored twice
+    assert attempts[0] >= EVENTS
+    if kind == "sqlite":
+        assert db_rows(url, "PRAGMA integrity_check") == [("ok",)]
