@@ -18,6 +18,8 @@ from tracker.providers.base import SendResult
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -68,14 +70,17 @@ def test_support_finds_a_message_and_reads_why(app, live_url, browser) -> None:
     browser.find_element(By.NAME, "username").send_keys("ana")
     browser.find_element(By.NAME, "password").send_keys("correct horse battery")
     browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+    WebDriverWait(browser, 10).until(expected_conditions.url_matches(r"/messages$"))
 
     search = browser.find_element(By.NAME, "q")
     search.send_keys("+7 701 123 45 67")  # as the customer dictated it
     browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    WebDriverWait(browser, 10).until(expected_conditions.url_contains("q="))
     rows = browser.find_elements(By.CSS_SELECTOR, "table.list tbody tr")
     assert len(rows) == 1 and message.reference in rows[0].text and "delivered" in rows[0].text
 
     browser.find_element(By.LINK_TEXT, message.reference).click()
+    WebDriverWait(browser, 10).until(expected_conditions.url_contains(f"/messages/{message.id}"))
     timeline = browser.find_element(By.CSS_SELECTOR, "ol.timeline").text
     assert "delivered" in timeline
     assert "Why not applied: message is already final (delivered)" in timeline

@@ -1,4 +1,4 @@
-"""Nothing acknowledged is lost: gunicorn workers are SIGKILLed at random while a retrying
+"""Nothing acknowledged is lost: gunicorn workers are SIGKILLed every 0.1 s while a retrying
 sender posts distinct postbacks (reliability.md §6.3, E1), on both databases."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from conftest import SKYCORE
 from servers import _parents, cmdline, db_rows, reset_postgres, tracker_serve
 from standins.skycore import SkycoreStandIn, postback
 
-EVENTS = 300
+EVENTS = 800
 SENDERS = 8
 DEADLINE = 90.0
 
@@ -74,7 +74,7 @@ def test_sigkilled_workers_lose_no_acknowledged_callback(kind: str, request: pyt
 
         def chaos() -> None:
             rng = random.Random(7)
-            while not stop.wait(0.25):
+            while not stop.wait(0.1):
                 workers = gunicorn_workers(server.proc.pid)
                 if workers:
                     try:
@@ -99,7 +99,7 @@ def test_sigkilled_workers_lose_no_acknowledged_callback(kind: str, request: pyt
         url, "SELECT provider_message_id FROM event WHERE kind = 'receipt'")}
     per_id = db_rows(url, "SELECT provider_message_id, count(*) FROM event WHERE kind = 'receipt'"
                           " GROUP BY provider_message_id HAVING count(*) > 1")
-    assert kills[0] >= 10, "the chaos thread should have killed workers"
+    assert kills[0] >= 5, "the chaos thread should have killed workers"
     assert len(acknowledged) == EVENTS, f"only {len(acknowledged)} acknowledged in time"
     assert acknowledged <= stored, f"acknowledged but lost: {sorted(acknowledged - stored)[:10]}"
     assert per_id == []  # retries after a kill are folded as duplicates, never stored twice

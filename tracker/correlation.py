@@ -1,9 +1,12 @@
 """Receipts -> events and status: dedupe, match, the status rule, orphans and their re-match.
 
-Hot path (a callback): per receipt one SELECT of the message, one INSERT of the event (which
-is also the dedupe check, `ON CONFLICT DO NOTHING RETURNING`), and, when the rule says so, one
-guarded UPDATE. Hand-written SQL: peewee's query building costs ~140 µs a statement, as much
-as the statement itself (perf-baseline.md §5). Every function here runs inside `write_tx()`.
+Hot path (a callback): per receipt one SELECT that finds the message and tells a duplicate at
+once (`match`), then, unless it is a duplicate, one INSERT of the event (`ON CONFLICT DO
+NOTHING RETURNING` settles races) and, when the rule says so, one guarded UPDATE (`apply`).
+Because the outcome is known after the SELECT, the caller can store the callback with its
+verdict in one INSERT. Hand-written SQL: peewee's query building costs ~140 µs a statement, as
+much as the statement itself (perf-baseline.md §5). Every function here runs inside
+`write_tx()`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from enum import StrEnum
 from .db import execute
 from .models import utcnow
 from .providers.base import Receipt
-from .status import GUARD_SQL, RANK, Current, Status, decide, guard_params, order_key
+from .status import GUARD_SQL, RANK, Current, Decision, Status, decide, guard_params, order_key
 
 
 class Verdict(StrEnum):
@@ -27,6 +30,7 @@ class Verdict(StrEnum):
     IGNORED = "ignored"  # understood, but changed nothing (stale, lower rank, not for us)
     INVALID = "invalid"  # nothing in it could be understood
     ERROR = "error"  # stored, but processing failed on our side; replay it
+    PENDING = "pending"  # only while the transaction that stores a batch is open
 
 
 # When a callback carries several receipts, its verdict is the most telling of theirs.
@@ -43,13 +47,18 @@ class Outcome:
     reason: str | None = None
 
 
-_SELECT_BY_PMID = (
-    "SELECT id, status, status_order, status_inferred FROM message"
-    " WHERE provider = ? AND provider_message_id = ? ORDER BY id DESC LIMIT 1"
+# One round trip: is this report already stored, and which message (newest first: providers
+# may reuse ids) does it belong to. The LEFT JOIN returns the duplicate flag without a message.
+_MATCH_BY_PMID = (
+    "SELECT m.id, m.status, m.status_order, m.status_inferred,"
+    " EXISTS (SELECT 1 FROM event WHERE dedupe_key = ?)"
+    " FROM (SELECT 1 AS one) AS x LEFT JOIN message m"
+    " ON m.provider = ? AND m.provider_message_id = ? ORDER BY m.id DESC LIMIT 1"
 )
-_SELECT_BY_REFERENCE = (
-    "SELECT id, status, status_order, status_inferred FROM message"
-    " WHERE reference = ? AND provider = ?"
+_MATCH_BY_REFERENCE = (
+    "SELECT m.id, m.status, m.status_order, m.status_inferred,"
+    " EXISTS (SELECT 1 FROM event WHERE dedupe_key = ?)"
+    " FROM (SELECT 1 AS one) AS x LEFT JOIN message m ON m.reference = ? AND m.provider = ?"
 )
 _SELECT_BY_ID = "SELECT id, status, status_order, status_inferred FROM message WHERE id = ?"
 _INSERT_EVENT = (
@@ -65,37 +74,75 @@ _UPDATE_STATUS = (
 )
 
 
-def find_message(receipt: Receipt) -> tuple | None:
-    """The message row a receipt belongs to: by provider message id, then by our reference."""
+@dataclass(frozen=True)
+class Match:
+    """A receipt looked up before anything is written: its message and what the rule says."""
+
+    receipt: Receipt
+    message_id: int | None
+    duplicate: bool
+    decision: Decision | None  # None for orphans and duplicates
+
+    @property
+    def expected(self) -> Verdict:
+        """The verdict, unless a concurrent writer changes things before `apply`."""
+        if self.duplicate:
+            return Verdict.DUPLICATE
+        if self.message_id is None:
+            return Verdict.ORPHAN
+        return Verdict.APPLIED if self.decision and self.decision.applies else Verdict.IGNORED
+
+
+def match(receipt: Receipt) -> Match:
+    """Find a receipt's message (by provider message id, then our reference); spot duplicates."""
+    dedupe = _dedupe_key(receipt)
+    row = None
     if receipt.provider_message_id:
-        row = execute(_SELECT_BY_PMID, (receipt.provider, receipt.provider_message_id)).fetchone()
-        if row:
-            return row
-    if receipt.reference:
-        return execute(_SELECT_BY_REFERENCE, (receipt.reference, receipt.provider)).fetchone()
-    return None
+        row = execute(_MATCH_BY_PMID, (dedupe, receipt.provider,
+                                       receipt.provider_message_id)).fetchone()
+    if receipt.reference and (row is None or row[0] is None):
+        row = execute(_MATCH_BY_REFERENCE, (dedupe, receipt.reference,
+                                            receipt.provider)).fetchone()
+    if row is None or row[0] is None:
+        return Match(receipt, None, bool(row and row[4]), None)
+    if row[4]:
+        return Match(receipt, row[0], True, None)
+    return Match(receipt, row[0], False, decide(_current(row), receipt.status,
+                                                receipt.occurred_at))
 
 
-def apply_receipt(receipt: Receipt, *, source: str, callback_id: int | None = None,
-                  received_at: dt.datetime | None = None) -> Outcome:
-    """Record one receipt as an event and move its message when the status rule allows."""
+def find_message(receipt: Receipt) -> int | None:
+    """The id of the message a receipt belongs to, or None."""
+    return match(receipt).message_id
+
+
+def apply(found: Match, *, source: str, callback_id: int | None = None,
+          received_at: dt.datetime | None = None) -> Outcome:
+    """Record a matched receipt as an event and move its message when the rule allows."""
+    receipt, message_id, decision = found.receipt, found.message_id, found.decision
+    if found.duplicate:
+        return Outcome(Verdict.DUPLICATE, message_id, "duplicate receipt")
     received_at = received_at or utcnow()
-    row = find_message(receipt)
-    if row is None:
+    if message_id is None or decision is None:
         event_id = _insert_event(receipt, None, callback_id, source, received_at,
                                  applied=None, reason="orphan: no message with this id yet")
         return Outcome(Verdict.ORPHAN if event_id else Verdict.DUPLICATE)
-    message_id, current = row[0], _current(row)
-    decision = decide(current, receipt.status, receipt.occurred_at)
     event_id = _insert_event(receipt, message_id, callback_id, source, received_at,
                              applied=decision.applies, reason=decision.reason)
-    if event_id is None:
+    if event_id is None:  # a concurrent copy was stored first
         return Outcome(Verdict.DUPLICATE, message_id, "duplicate receipt")
     if not decision.applies:
         return Outcome(Verdict.IGNORED, message_id, decision.reason)
     if _update_status(message_id, receipt):
         return Outcome(Verdict.APPLIED, message_id)
     return _lost_race(message_id, event_id, receipt)
+
+
+def apply_receipt(receipt: Receipt, *, source: str, callback_id: int | None = None,
+                  received_at: dt.datetime | None = None) -> Outcome:
+    """Match and apply one receipt."""
+    return apply(match(receipt), source=source, callback_id=callback_id,
+                 received_at=received_at)
 
 
 def callback_verdict(outcomes: list[Outcome]) -> Verdict:
@@ -149,13 +196,16 @@ def pending_orphans(limit: int = 500) -> list[tuple[str, str, int]]:
 def _insert_event(receipt: Receipt, message_id: int | None, callback_id: int | None,
                   source: str, received_at: dt.datetime, *, applied: bool | None,
                   reason: str | None) -> int | None:
-    dedupe = f"{receipt.provider}:{receipt.dedupe_key}" if receipt.dedupe_key else None
     row = execute(_INSERT_EVENT, (
         message_id, callback_id, source, receipt.provider, receipt.provider_message_id,
         receipt.reference, receipt.status.value, receipt.raw_status, receipt.error_code,
-        receipt.detail, applied, reason, receipt.occurred_at, received_at, dedupe,
+        receipt.detail, applied, reason, receipt.occurred_at, received_at, _dedupe_key(receipt),
     )).fetchone()
     return row[0] if row else None
+
+
+def _dedupe_key(receipt: Receipt) -> str | None:
+    return f"{receipt.provider}:{receipt.dedupe_key}" if receipt.dedupe_key else None
 
 
 def _update_status(message_id: int, receipt: Receipt, *, inferred: bool = False) -> bool:

@@ -63,7 +63,7 @@ def connect_database(url: str, pool_size: int = 8, synchronous: str = "full") ->
         return SqliteDatabase(path, pragmas=pragmas, timeout=5, returning_clause=True)
     if parsed.scheme in ("postgres", "postgresql"):
         options: dict[str, Any] = dict(parse_qsl(parsed.query))
-        return PooledPostgresqlDatabase(
+        return PostgresDatabase(
             (parsed.path or "/").lstrip("/"),
             user=parsed.username,
             password=parsed.password,
@@ -116,6 +116,15 @@ class SqliteDatabase(peewee.SqliteDatabase):
         if self._lock_fd is None:
             self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         return self._lock_fd
+
+
+class PostgresDatabase(PooledPostgresqlDatabase):
+    """A pool that does not ping: peewee sends `SELECT 1` at every checkout, a round trip per
+    request. A connection that died is seen at its first failing query (the request answers
+    503) and psycopg2 then marks it closed, so the pool drops it at the next checkout."""
+
+    def _is_closed(self, conn: Any) -> bool:
+        return bool(conn.closed) or self._adapter.txn_status(conn) == self._adapter.txn_unknown
 
 
 def is_sqlite(database: peewee.Database | None = None) -> bool:

@@ -74,10 +74,10 @@ class Callback(BaseModel):
     detail = pw.TextField(null=True)
 
     class Meta:
+        # Few indexes: every one is written on the callback hot path.
         indexes = (
-            (("received_at",), False),
-            (("verdict", "received_at"), False),
-            (("provider", "received_at"), False),
+            (("received_at",), False),  # replay by time range
+            (("verdict", "received_at"), False),  # replay / list by verdict
         )
 
 
@@ -86,7 +86,8 @@ class Event(BaseModel):
 
     message = pw.ForeignKeyField(Message, null=True, backref="events", on_delete="CASCADE",
                                   index=False)  # (message, id) below serves it
-    callback = pw.ForeignKeyField(Callback, null=True, backref="events", on_delete="SET NULL")
+    callback = pw.ForeignKeyField(Callback, null=True, backref="events", on_delete="SET NULL",
+                                  index=False)  # looked up from the event side only
     kind = pw.CharField(max_length=16)  # created, submitted, send_failed, retry, receipt, ...
     source = pw.CharField(max_length=16)  # api, cli, dispatcher, callback, poll, replay, worker
     provider = pw.CharField(max_length=32, null=True)
@@ -103,11 +104,12 @@ class Event(BaseModel):
     dedupe_key = pw.CharField(max_length=255, null=True, unique=True)
 
     class Meta:
-        indexes = (
-            (("message", "id"), False),  # a message's timeline in order
-            (("provider", "provider_message_id"), False),  # orphans waiting for their message
-            (("received_at",), False),
-        )
+        indexes = ((("message", "id"), False),)  # a message's timeline in order
+
+
+# Orphans waiting for their message. Partial: a matched event never touches this index.
+Event.add_index(Event.index(Event.provider, Event.provider_message_id,
+                            where=Event.message.is_null()))
 
 
 class ApiKey(BaseModel):

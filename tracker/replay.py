@@ -106,9 +106,10 @@ def _new_verdict(old: str, errors: list[str], outcomes: list[correlation.Outcome
 def _statuses(receipts: list) -> dict[str, str]:
     out: dict[str, str] = {}
     for receipt in receipts:
-        row = correlation.find_message(receipt)
-        if row:
-            out[Message.get_by_id(row[0]).reference] = row[1]
+        message_id = correlation.find_message(receipt)
+        if message_id:
+            message = Message.get_by_id(message_id)
+            out[message.reference] = message.status
     return out
 
 

@@ -57,9 +57,9 @@ def receive(provider: str, token: str) -> Response:
     except Exception:
         log.exception("callback from %s: processing failed", provider)
         try:
+            row = _callback_row(provider, raw, utcnow())
             with write_tx():
-                _insert_callback(provider, raw, correlation.Verdict.ERROR,
-                                 "processing failed; replay it")
+                _insert_callback(row, correlation.Verdict.ERROR, "processing failed; replay it")
         except Exception:
             return _plain("temporarily unavailable, retry later", 503, **{"Retry-After": "30"})
         verdict = correlation.Verdict.ERROR
@@ -81,34 +81,43 @@ def _read_body(limit: int) -> bytes | None:
 
 
 def _store_and_apply(provider: str, raw: CallbackRequest, parsed: ParsedCallback) -> str:
+    """One write transaction: the raw callback, its receipts' events and status changes."""
     received_at = utcnow()
+    row = _callback_row(provider, raw, received_at)  # built before the writer lock is taken
+    detail = "; ".join(parsed.errors + parsed.notes) or None
+    receipts = parsed.receipts
     with write_tx():
-        callback_id = _insert_callback(provider, raw, "pending", None, received_at)
-        outcomes = [
-            correlation.apply_receipt(r, source="callback", callback_id=callback_id,
-                                      received_at=received_at)
-            for r in parsed.receipts
-        ]
-        if parsed.receipts:
-            verdict = correlation.callback_verdict(outcomes)
+        # A lone receipt (the usual case) is matched first, so the callback is stored with its
+        # verdict in one INSERT; a batch is stored, applied in order, then given its verdict.
+        first = correlation.match(receipts[0]) if len(receipts) == 1 else None
+        if first is not None:
+            expected = first.expected
+        elif receipts:
+            expected = correlation.Verdict.PENDING
         else:
-            verdict = correlation.Verdict.INVALID if parsed.errors else correlation.Verdict.IGNORED
-        detail = "; ".join(parsed.errors + parsed.notes) or None
-        execute("UPDATE callback SET verdict = ?, detail = ? WHERE id = ?",
-                (verdict.value, detail, callback_id))
+            expected = correlation.Verdict.INVALID if parsed.errors else correlation.Verdict.IGNORED
+        callback_id = _insert_callback(row, expected, detail)
+        if first is not None:
+            outcomes = [correlation.apply(first, source="callback", callback_id=callback_id,
+                                          received_at=received_at)]
+        else:
+            outcomes = [correlation.apply_receipt(r, source="callback", callback_id=callback_id,
+                                                  received_at=received_at) for r in receipts]
+        verdict = correlation.callback_verdict(outcomes) if receipts else expected
+        if verdict != expected:  # a concurrent writer got between match and apply
+            execute("UPDATE callback SET verdict = ? WHERE id = ?", (verdict.value, callback_id))
     return verdict.value
 
 
-def _insert_callback(provider: str, raw: CallbackRequest, verdict: str, detail: str | None,
-                     received_at: dt.datetime | None = None) -> int:
-    """INSERT the raw request (inside the caller's write transaction)."""
+def _callback_row(provider: str, raw: CallbackRequest, received_at: dt.datetime) -> tuple:
+    """The raw request as stored; the secret token never reaches the database."""
     headers = [[k, "[redacted]" if k.lower() in _REDACTED_HEADERS else v]
                for k, v in request.headers.items()]
-    # The secret token never reaches the database: store the path with it masked.
     path = request.path.rsplit("/", 1)[0] + "/***"
-    row = execute(_INSERT_CALLBACK, (
-        provider, request.method, path, request.query_string.decode("latin-1"),
-        json.dumps(headers), raw.body, request.remote_addr, received_at or utcnow(),
-        verdict, detail,
-    )).fetchone()
-    return row[0]
+    return (provider, request.method, path, request.query_string.decode("latin-1"),
+            json.dumps(headers), raw.body, request.remote_addr, received_at)
+
+
+def _insert_callback(row: tuple, verdict: str, detail: str | None) -> int:
+    """INSERT the raw request (inside the caller's write transaction)."""
+    return execute(_INSERT_CALLBACK, (*row, verdict, detail)).fetchone()[0]
