@@ -32,7 +32,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     security.init_app(app)
     auth.init_app(app)
-    app.register_blueprint(callbacks.bp)
+    callbacks.init_app(app)
     api.init_app(app)
     app.register_blueprint(dashboard.bp)
     return app
