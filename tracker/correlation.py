@@ -95,7 +95,7 @@ class Match:
 
 def match(receipt: Receipt) -> Match:
     """Find a receipt's message (by provider message id, then our reference); spot duplicates."""
-    dedupe = _dedupe_key(receipt)
+    dedupe = dedupe_key(receipt)
     row = None
     if receipt.provider_message_id:
         row = execute(_MATCH_BY_PMID, (dedupe, receipt.provider,
@@ -135,7 +135,7 @@ def apply(found: Match, *, source: str, callback_id: int | None = None,
         return Outcome(Verdict.IGNORED, message_id, decision.reason)
     if _update_status(message_id, receipt):
         return Outcome(Verdict.APPLIED, message_id)
-    return _lost_race(message_id, event_id, receipt)
+    return record_lost_race(message_id, event_id, receipt)
 
 
 def apply_receipt(receipt: Receipt, *, source: str, callback_id: int | None = None,
@@ -199,12 +199,13 @@ def _insert_event(receipt: Receipt, message_id: int | None, callback_id: int | N
     row = execute(_INSERT_EVENT, (
         message_id, callback_id, source, receipt.provider, receipt.provider_message_id,
         receipt.reference, receipt.status.value, receipt.raw_status, receipt.error_code,
-        receipt.detail, applied, reason, receipt.occurred_at, received_at, _dedupe_key(receipt),
+        receipt.detail, applied, reason, receipt.occurred_at, received_at, dedupe_key(receipt),
     )).fetchone()
     return row[0] if row else None
 
 
-def _dedupe_key(receipt: Receipt) -> str | None:
+def dedupe_key(receipt: Receipt) -> str | None:
+    """The stored, provider-scoped dedupe key of a receipt."""
     return f"{receipt.provider}:{receipt.dedupe_key}" if receipt.dedupe_key else None
 
 
@@ -218,7 +219,7 @@ def _update_status(message_id: int, receipt: Receipt, *, inferred: bool = False)
     return cursor.rowcount == 1
 
 
-def _lost_race(message_id: int, event_id: int, receipt: Receipt) -> Outcome:
+def record_lost_race(message_id: int, event_id: int, receipt: Receipt) -> Outcome:
     """Another process moved the message between our SELECT and UPDATE: record why."""
     current = _current(execute(_SELECT_BY_ID, (message_id,)).fetchone())
     reason = decide(current, receipt.status, receipt.occurred_at).reason or "superseded"

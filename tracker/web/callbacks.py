@@ -21,7 +21,7 @@ from flask import Flask
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
-from .. import correlation
+from .. import correlation, ingest
 from ..db import UNAVAILABLE_ERRORS, db, execute, is_sqlite, write_tx
 from ..models import utcnow
 from ..providers.base import CallbackRequest, ParsedCallback, Provider
@@ -30,10 +30,6 @@ PREFIX = "/callbacks/"
 log = logging.getLogger(__name__)
 
 _REDACTED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
-_INSERT_CALLBACK = (
-    "INSERT INTO callback (provider, method, path, query, headers, body, remote_addr,"
-    " received_at, verdict, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
-)
 _SECURITY_HEADERS = [("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store")]
 
 
@@ -94,7 +90,7 @@ def _acknowledge(provider: str, request: Request, raw: CallbackRequest,
         log.exception("callback from %s: processing failed", provider)
         row = _callback_row(provider, request, raw, utcnow())
         with write_tx():
-            _insert_callback(row, correlation.Verdict.ERROR, "processing failed; replay it")
+            ingest.insert_callback(row, correlation.Verdict.ERROR, "processing failed; replay it")
         verdict = correlation.Verdict.ERROR.value
     return _plain(f"OK {verdict}", 200)
 
@@ -126,23 +122,18 @@ def _store_and_apply(provider: str, request: Request, raw: CallbackRequest,
     row = _callback_row(provider, request, raw, received_at)  # built before the lock is taken
     detail = "; ".join(parsed.errors + parsed.notes) or None
     receipts = parsed.receipts
+    if len(receipts) == 1:  # the usual case: matched outside the write transaction
+        found = correlation.match(receipts[0])
+        return ingest.store_and_apply(row, detail, found, received_at).value
+    # A batch (or nothing understood): stored, applied in order, then given its verdict.
     with write_tx():
-        # A lone receipt (the usual case) is matched first, so the callback is stored with its
-        # verdict in one INSERT; a batch is stored, applied in order, then given its verdict.
-        first = correlation.match(receipts[0]) if len(receipts) == 1 else None
-        if first is not None:
-            expected = first.expected
-        elif receipts:
+        if receipts:
             expected = correlation.Verdict.PENDING
         else:
             expected = correlation.Verdict.INVALID if parsed.errors else correlation.Verdict.IGNORED
-        callback_id = _insert_callback(row, expected, detail)
-        if first is not None:
-            outcomes = [correlation.apply(first, source="callback", callback_id=callback_id,
-                                          received_at=received_at)]
-        else:
-            outcomes = [correlation.apply_receipt(r, source="callback", callback_id=callback_id,
-                                                  received_at=received_at) for r in receipts]
+        callback_id = ingest.insert_callback(row, expected, detail)
+        outcomes = [correlation.apply_receipt(r, source="callback", callback_id=callback_id,
+                                              received_at=received_at) for r in receipts]
         verdict = correlation.callback_verdict(outcomes) if receipts else expected
         if verdict != expected:  # a concurrent writer got between match and apply
             execute("UPDATE callback SET verdict = ? WHERE id = ?", (verdict.value, callback_id))
@@ -157,8 +148,3 @@ def _callback_row(provider: str, request: Request, raw: CallbackRequest,
     path = f"/callbacks/{provider}/***"
     return (provider, request.method, path, request.query_string.decode("latin-1"),
             json.dumps(headers), raw.body, request.remote_addr, received_at)
-
-
-def _insert_callback(row: tuple, verdict: str, detail: str | None) -> int:
-    """INSERT the raw request (inside the caller's write transaction)."""
-    return execute(_INSERT_CALLBACK, (*row, verdict, detail)).fetchone()[0]
