@@ -6,6 +6,8 @@ webhook view can store the raw body, answer 400/413 and never 500 on sender inpu
 
 from __future__ import annotations
 
+import functools
+
 # Element/TreeBuilder only build the tree; all parsing goes through DefusedXMLParser.
 from xml.etree.ElementTree import Element, TreeBuilder
 from xml.parsers.expat.errors import (
@@ -130,8 +132,9 @@ def parse(data: bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH
         raise _refusal(exc) from exc
 
 
+@functools.lru_cache(maxsize=1024)
 def _local_name(name: str) -> str:
-    """Return ``name`` without its ``{namespace}`` prefix, lower-cased."""
+    """Return ``name`` without its ``{namespace}`` prefix, lower-cased (cached: tags repeat)."""
     return name.rpartition("}")[2].lower()
 
 
