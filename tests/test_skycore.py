@@ -12,8 +12,8 @@ from tracker.providers.base import CallbackRequest, SendError
 from tracker.providers.skycore import SkycoreProvider, protocol_status
 from tracker.status import Status
 
-# shared/ sits beside the project checkout, on developer machines and in CI alike.
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "providers" / "samples"
+# Verbatim copies of shared/providers/samples/skycore-* (tests/samples/README.md).
+SAMPLES = Path(__file__).resolve().parent / "samples"
 
 
 def sample(name: str) -> bytes:
