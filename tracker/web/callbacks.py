@@ -117,7 +117,7 @@ def _read_body(request: Request, limit: int) -> bytes | None:
 
 def _store_and_apply(provider: str, request: Request, raw: CallbackRequest,
                      parsed: ParsedCallback) -> str:
-    """One write transaction: the raw callback, its receipts' events and status changes."""
+    """Store the raw callback with its receipts' events and status changes, atomically."""
     received_at = utcnow()
     row = _callback_row(provider, request, raw, received_at)  # built before the lock is taken
     detail = "; ".join(parsed.errors + parsed.notes) or None
@@ -135,7 +135,7 @@ def _store_and_apply(provider: str, request: Request, raw: CallbackRequest,
         outcomes = [correlation.apply_receipt(r, source="callback", callback_id=callback_id,
                                               received_at=received_at) for r in receipts]
         verdict = correlation.callback_verdict(outcomes) if receipts else expected
-        if verdict != expected:  # a concurrent writer got between match and apply
+        if verdict != expected:  # a batch's verdict is known once its receipts are applied
             execute("UPDATE callback SET verdict = ? WHERE id = ?", (verdict.value, callback_id))
     return verdict.value
 
