@@ -19,6 +19,8 @@ import os
 import tempfile
 import time
 
+from tracker.db import _flock_polling
+
 
 def spin(us: float) -> None:
     end = time.perf_counter() + us / 1e6
@@ -27,15 +29,8 @@ def spin(us: float) -> None:
 
 
 def acquire_polling(fd: int) -> None:
-    """The loop in tracker/db.py (without its timeout check)."""
-    delay = 0.0002
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            time.sleep(delay)
-            delay = min(delay * 2, 0.002)
+    """The polling fallback tracker/db.py uses outside the main thread."""
+    _flock_polling(fd, 3600.0)
 
 
 def acquire_blocking(fd: int) -> None:
