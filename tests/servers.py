@@ -212,12 +212,15 @@ class TrackerServer:
             self._log = None
 
 
-def start_tracker(run_dir: Path, *, database_url: str, skycore_url: str,
+def start_tracker(run_dir: Path, *, database_url: str, skycore_url: str | None = None,
                   port: int | None = None, skycore: dict[str, Any] | None = None,
+                  providers: dict[str, dict[str, Any]] | None = None,
                   env: dict[str, str] | None = None, **settings: Any) -> TrackerServer:
     """Write the configuration into `run_dir` and start `tracker serve` on 127.0.0.1.
 
-    The environment is this one without TRACKER_* variables, plus TRACKER_CONFIG and `env`."""
+    Skycore is configured when `skycore_url` or `skycore` is given; `providers` adds more
+    [providers.<slug>] tables. The environment is this one without TRACKER_* variables, plus
+    TRACKER_CONFIG and `env`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     config: dict[str, Any] = {
@@ -228,7 +231,8 @@ def start_tracker(run_dir: Path, *, database_url: str, skycore_url: str,
         "orphan_rematch_seconds": 0.5,
         "web_workers": 2,
         **settings,
-        "providers": {"skycore": skycore or skycore_settings(skycore_url)},
+        "providers": {**({"skycore": skycore or skycore_settings(skycore_url)}
+                         if skycore or skycore_url else {}), **(providers or {})},
     }
     config_path = write_config(run_dir / "tracker.toml", config)
     extra_env = env or {}

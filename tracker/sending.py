@@ -135,13 +135,11 @@ def dispatch(providers: dict[str, Provider], *, batch_size: int, max_attempts: i
         if not _hold_for_send(message):
             continue  # our batch claim ran out and another dispatcher took this message
         provider = providers.get(message.provider)
-        outbound = OutboundMessage(reference=message.reference, to=message.recipient,
-                                   text=message.text, sender=message.sender)
         try:
             if provider is None:
                 raise SendError(f"provider {message.provider!r} is no longer configured",
                                 permanent=True, status=Status.FAILED, code="NOT_CONFIGURED")
-            result = provider.send(outbound)
+            result = provider.send(outbound_for(message, provider))
         except SendError as exc:
             record_failure(message, exc, max_attempts=max_attempts,
                            backoff_seconds=backoff_seconds)
@@ -152,6 +150,15 @@ def dispatch(providers: dict[str, Provider], *, batch_size: int, max_attempts: i
         else:
             record_accepted(message, result)
     return len(messages)
+
+
+def outbound_for(message: Message, provider: Provider) -> OutboundMessage:
+    """What the provider module gets: the message, its callback URL and its validity."""
+    return OutboundMessage(
+        reference=message.reference, to=message.recipient, text=message.text,
+        sender=message.sender, callback_url=provider.callback_url(message.reference),
+        validity=dt.timedelta(minutes=provider.config["validity_minutes"]),
+    )
 
 
 def _hold_for_send(message: Message) -> bool:

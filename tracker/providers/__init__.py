@@ -5,13 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from ..settings import ConfigError
+from .alphasms import AlphaSmsProvider
 from .base import Provider
 from .fake import FakeProvider
+from .mobivate import MobivateProvider
+from .mobizon import MobizonProvider
 from .skycore import SkycoreProvider
 
 PROVIDERS: dict[str, type[Provider]] = {
     FakeProvider.slug: FakeProvider,
     SkycoreProvider.slug: SkycoreProvider,
+    MobizonProvider.slug: MobizonProvider,
+    MobivateProvider.slug: MobivateProvider,
+    AlphaSmsProvider.slug: AlphaSmsProvider,
 }
 
 

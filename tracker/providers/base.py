@@ -2,14 +2,18 @@
 
 The base owns the flow (settings, HTTP client, callback URL); each provider fills in small hooks:
 `send()` turns an outbound message into a provider request and its answer into a SendResult or
-a SendError, and `parse_callback()` turns one raw callback into normalized receipts.
+a SendError, `parse_callback()` turns one raw callback into normalized receipts, and `poll()`
+(providers with a status API) asks about messages still not final.
+
+Every provider also takes the common settings in `COMMON_SETTINGS` (validity, polling delay,
+rate limit); the sending core reads them, provider modules need not.
 """
 
 from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
@@ -75,9 +79,30 @@ class OutboundMessage:
     """What a provider needs to submit one message."""
 
     reference: str
-    to: str  # E.164 with "+"
+    to: str  # E.164 with "+"; `wire_number()` gives a provider's own format
     text: str
     sender: str | None = None
+    callback_url: str | None = None  # this message's callback URL (Provider.callback_url)
+    validity: timedelta | None = None  # how long the provider should keep trying
+
+
+@dataclass(frozen=True)
+class PollTarget:
+    """One message a poll asks about."""
+
+    message_id: int
+    reference: str
+    provider_message_id: str | None
+    to: str
+
+
+@dataclass
+class PollAnswer:
+    """What one status request returned: receipts, and the raw answer kept beside them."""
+
+    receipts: list[Receipt] = field(default_factory=list)
+    raw: str = ""
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -90,16 +115,45 @@ class SendResult:
 
 
 class SendError(Exception):
-    """The provider did not accept the message; `permanent` says whether retrying can help."""
+    """The provider did not accept the message.
+
+    `permanent`: retrying with this provider cannot help. `provider_side`: the fault is the
+    provider's or our account's (unreachable, 5xx, out of credit, no route, bad credentials),
+    so another provider may succeed; a recipient-side rejection leaves it False and never fails
+    over. `outcome_unknown`: the request may have reached the provider (timed out waiting for
+    the answer), so the message must not be resent blindly.
+    """
 
     def __init__(self, detail: str, *, permanent: bool, status: Status = Status.FAILED,
-                 code: str | None = None, raw: str = "") -> None:
+                 code: str | None = None, raw: str = "", provider_side: bool = False,
+                 outcome_unknown: bool = False) -> None:
         super().__init__(detail)
         self.detail = detail
         self.permanent = permanent
         self.status = status
         self.code = code
         self.raw = raw
+        self.provider_side = provider_side
+        self.outcome_unknown = outcome_unknown
+
+
+class PollError(Exception):
+    """A status request failed as a whole (unreachable, refused, unreadable); try again later."""
+
+
+# Keys every [providers.<slug>] table accepts beside the provider's own.
+COMMON_SETTINGS: dict[str, Setting] = {
+    "validity_minutes": Setting(int, default=2880),  # not final after this -> expired (inferred)
+    "poll_after_seconds": Setting(int, default=900),  # first poll this long after submission
+    "poll_interval_seconds": Setting(int, default=1800),  # then at most this often
+    "rate_limit_per_second": Setting(float, default=0.0),  # 0 = no limit
+}
+
+
+def wire_number(e164: str, *, plus: bool) -> str:
+    """A phone number in a provider's wire format: E.164 with or without the leading '+'."""
+    digits = e164.lstrip("+")
+    return f"+{digits}" if plus else digits
 
 
 class Provider:
@@ -110,6 +164,7 @@ class Provider:
     SETTINGS: ClassVar[dict[str, Setting]] = {}
     STATUS_MAP: ClassVar[dict[str, Status]] = {}
     CALLBACK_METHODS: ClassVar[tuple[str, ...]] = ("POST",)
+    POLL_BATCH: ClassVar[int] = 0  # how many messages one poll request may ask about; 0 = none
     timeout = httpx.Timeout(15.0, connect=5.0)
 
     def __init__(self, config: dict[str, Any], public_base_url: str) -> None:
@@ -121,16 +176,23 @@ class Provider:
     def validate(cls, config: dict[str, Any]) -> dict[str, Any]:
         """Check this provider's table; the error names the dotted key."""
         out: dict[str, Any] = {}
+        settings = {**COMMON_SETTINGS, **cls.SETTINGS}
         for key in config:
-            if key not in cls.SETTINGS:
+            if key not in settings:
                 raise ConfigError(f"providers.{cls.slug}.{key}: unknown setting")
-        for key, spec in cls.SETTINGS.items():
+        for key, spec in settings.items():
             value = config.get(key, spec.default)
             if value is None or value == "":
                 if spec.required:
                     raise ConfigError(f"providers.{cls.slug}.{key}: required but not set")
             elif spec.kind is int and isinstance(value, str) and value.isdigit():
                 value = int(value)
+            elif spec.kind is float and type(value) in (int, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise ConfigError(f"providers.{cls.slug}.{key}: expected a number, "
+                                      f"got {value!r}") from None
             elif not isinstance(value, spec.kind) or isinstance(value, bool) != (spec.kind is bool):
                 raise ConfigError(
                     f"providers.{cls.slug}.{key}: expected {spec.kind.__name__}, got {value!r}"
@@ -152,10 +214,36 @@ class Provider:
             return False
         return hmac.compare_digest(token.encode("utf-8"), expected.encode("utf-8"))
 
-    def callback_url(self) -> str | None:
-        """The URL to give the provider for callbacks (None when callbacks are off)."""
+    def callback_url(self, reference: str | None = None) -> str | None:
+        """The URL to give the provider for callbacks (None when callbacks are off).
+
+        `reference` is the message's; a provider whose callbacks carry no id of ours (AlphaSMS's
+        per-message `hook`) overrides this to put it in the URL."""
         token = self.config.get("callback_token")
         return f"{self.public_base_url}/callbacks/{self.slug}/{token}" if token else None
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One HTTP request to the provider, with transport failures classified for sending.
+
+        Not connected: nothing reached the provider, so retry (and fail over). Connected but no
+        complete answer: the provider may have acted on it, so the outcome is unknown."""
+        try:
+            return self.client.request(method, url, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise SendError(f"{self.name} unreachable: {exc!r}", permanent=False,
+                            provider_side=True, code="UNREACHABLE") from exc
+        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            raise SendError(f"{self.name} gave no answer: {exc!r}", permanent=False,
+                            provider_side=True, outcome_unknown=True, code="NO_ANSWER") from exc
+        except httpx.HTTPError as exc:
+            raise SendError(f"{self.name} request failed: {exc!r}", permanent=False,
+                            provider_side=True, code="HTTP_ERROR") from exc
+
+    def verify(self, request: CallbackRequest) -> str | None:
+        """Check a callback's own signature, for providers that sign (the path token is already
+        checked): None when it holds, else why not. A failing callback is stored with the
+        verdict `unauthorized` and not applied; replay checks it again."""
+        return None
 
     def send(self, message: OutboundMessage) -> SendResult:
         """Submit one message; raise SendError when it was not accepted."""
@@ -164,3 +252,9 @@ class Provider:
     def parse_callback(self, request: CallbackRequest) -> ParsedCallback:
         """Turn one authenticated callback into receipts; never raise for bad input."""
         raise NotImplementedError
+
+    def poll(self, targets: list[PollTarget]) -> PollAnswer:
+        """Ask the provider about at most POLL_BATCH messages; raise PollError on failure.
+
+        Messages the provider does not know are left out of the answer, not reported failed."""
+        raise NotImplementedError(f"{self.slug} has no status API")
