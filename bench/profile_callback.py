@@ -208,6 +208,10 @@ def main() -> int:
 
         for item in args.pragma:
             name, _, value = item.partition("=")
+            if name == "synchronous":  # the tracker sets this one from its own setting
+                level = {"1": "normal", "2": "full"}.get(value, value.lower())
+                os.environ["TRACKER_SQLITE_SYNCHRONOUS"] = level
+                continue
             dbmod.SQLITE_PRAGMAS[name] = int(value) if value.lstrip("-").isdigit() else value
         app = create_app()
         client = app.test_client()

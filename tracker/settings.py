@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "log_level": "INFO",
     "callback_max_bytes": 64 * 1024,
     "db_pool_size": 8,  # Postgres connections per process
-    "sqlite_synchronous": "full",  # "normal": faster commits, may lose the last ones on power loss
+    "sqlite_synchronous": "full",  # "normal": no fsync per write; power loss may drop the last
     "web_workers": 4,
     "dispatch_interval_seconds": 1.0,
     "dispatch_batch_size": 50,

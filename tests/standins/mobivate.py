@@ -1,0 +1,485 @@
+"""A Mobivate stand-in: a real HTTP server on loopback that speaks the Bulk API (seed 002).
+
+`POST /send/single` (PROTOCOLS.md §2.2) is read the way Mobivate documents it: Bearer key, a
+JSON body with `text`, `originator`, `recipient`, `reference` (and the `callbackURL` override),
+every request recorded header by header and field by field. The answer is the seed's 200
+`{"success":true,"record":{"id":<UUID>,…}}` unless a reply was scripted (the seed's 400
+ValidationError and 403 AuthenticationError, the codes page's 401/402/403 opt-out/429/500, a bare
+error page, a slow answer). A wrong key or a missing required field is refused whatever is
+scripted, as the real API would.
+
+Each accepted message also gets a 32-character upper-case hex log id and a batch id, as the
+archived pages show them: receipts (`dlr()`, the archived "Delivery Receipt Notification" JSON)
+carry the log id as `deliveryMessageId`, which is NOT the send answer's UUID (§2.3), and our
+reference as `clientReference`. `GET /message/{id}` (§2.5, legacy host) answers the sample
+shape for a log id, and for the UUID too unless `lookup_record_ids=False`.
+
+    with MobivateStandIn(api_key="k") as mob:
+        mob.script(Reply.error(402))               # the next send is out of credit
+        ...                                        # point providers.mobivate.base_url at mob.url
+        sent = mob.wait_for_messages(1)[0]
+        mob.deliver(callback_url, sent.dlr("DELIVERED"))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import secrets
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+SEND_PATH = "/send/single"
+MESSAGE_PATH = "/message/"
+REQUEST_FIELDS = ("text", "originator", "recipient", "reference", "callbackURL", "shortenUrls",
+                  "excludeOptouts", "scheduleDateTime")
+
+# The archived DLR page's list (§2.4), kept here independently of the provider module.
+STATUS_CODES = {
+    "DELIVERED": 1, "ACCEPTED": 2, "EXPIRED": 3, "DELETED": 4, "UNDELIVERABLE": 5, "UNKNOWN": 6,
+    "REJECTED": 7, "INTERIM_QUEUED": 8, "INTERIM_ACKNOWLEDGED": 9, "RETRY": 10,
+    "FAILED_NACK": 11, "FAILED_NOROUTE": 12, "FAILED_INSUFFICIENT_CREDIT": 17,
+    "FAILED_ORIGINATOR_RECIPIENT_EQUAL": 18, "FAILED_RECIPIENT_BLACKLISTED": 19,
+    "FAILED_ORIGINATOR_REJECTED": 20, "FAILED_ROUTE_INVALID": 21, "FAILED_LIMITS_EXCEEDED": 22,
+    "FAILED_EXHAUSTED": 24, "FAILED_INTERNAL_ERROR": 28, "FAILED_UNKNOWN": 29,
+}
+
+# Error names for the HTTP codes the codes page lists; only 400 and 403 bodies are published.
+ERROR_NAMES = {
+    400: "ValidationError",
+    401: "AuthenticationError",
+    402: "InsufficientCreditError",
+    403: "AuthenticationError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+}
+
+
+def log_id() -> str:
+    """A log id as the archived pages show them: 32 upper-case hex characters."""
+    return secrets.token_hex(16).upper()
+
+
+def _iso_millis(when: dt.datetime | None) -> str:
+    """`2023-07-28T03:23:22.000+00:00`, the DLR sample's `created` format."""
+    when = when or dt.datetime.now(dt.UTC)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _iso_log(when: dt.datetime | None) -> str:
+    """`2023-07-01T01:10:34+0000`, the message log sample's format."""
+    when = when or dt.datetime.now(dt.UTC)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S+0000")
+
+
+# -- scripted answers --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer to a request; the default is the seed's 200 with a fresh UUID."""
+
+    kind: str = "success"  # success | error (JSON envelope) | http (bare body)
+    record_id: str | None = None
+    recipient_count: int = 1
+    http_status: int = 200
+    name: str | None = None
+    object: str | None = None
+    body: bytes = b""
+    delay: float = 0.0  # seconds to wait before answering (interrupted by stop())
+
+    @classmethod
+    def success(cls, record_id: str | None = None, *, recipient_count: int = 1,
+                delay: float = 0.0) -> Reply:
+        """200 `{"success":true,"record":{…}}` with this id (default: a new UUID)."""
+        return cls("success", record_id=record_id, recipient_count=recipient_count, delay=delay)
+
+    @classmethod
+    def error(cls, http_status: int, name: str | None = None, object: str | None = None, *,
+              delay: float = 0.0) -> Reply:
+        """`{"success":false,"error":{"name":…,"statusCode":…[,"object":…]}}` (seed shape)."""
+        return cls("error", http_status=http_status,
+                   name=name or ERROR_NAMES.get(http_status, "Error"), object=object, delay=delay)
+
+    @classmethod
+    def http_error(cls, status: int = 500, body: bytes = b"<html>Bad Gateway</html>", *,
+                   delay: float = 0.0) -> Reply:
+        """A bare error page (a proxy in front of the API) instead of the JSON envelope."""
+        return cls("http", http_status=status, body=body, delay=delay)
+
+    @classmethod
+    def slow(cls, seconds: float, then: Reply | None = None) -> Reply:
+        """`then` (default: success), answered after `seconds`."""
+        return dataclasses.replace(then or cls.success(), delay=seconds)
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """One request the stand-in received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    fields: dict[str, Any]  # REQUEST_FIELDS -> JSON value as sent (None when absent)
+    extra_fields: tuple[str, ...] = ()  # body keys Mobivate does not document
+    parse_error: str | None = None
+    received_at: float = field(default_factory=time.monotonic)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fields[name]
+
+
+@dataclass
+class SentMessage:
+    """A message the stand-in accepted, with the ids Mobivate gives it."""
+
+    record_id: str  # the send answer's `record.id` (UUID)
+    log_id: str  # what receipts and the message log call it
+    batch_id: str
+    request: SendRequest
+    status: str = "ACCEPTED"  # what GET /message reports
+    created: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    modified: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+    def dlr(self, status: str = "DELIVERED", **kwargs: Any) -> bytes:
+        """A receipt for this message, echoing its reference; see `dlr()`."""
+        kwargs.setdefault("client_reference", self.request.fields.get("reference"))
+        kwargs.setdefault("batch_id", self.batch_id)
+        return dlr(self.log_id, status, **kwargs)
+
+    def log_entry(self) -> dict[str, Any]:
+        """The `GET /message/{id}` answer (mobivate-message-get-response-1.json's shape)."""
+        f = self.request.fields
+        return {
+            "id": self.log_id, "created": _iso_log(self.created),
+            "modified": _iso_log(self.modified), "originator": f.get("originator"),
+            "recipient": f.get("recipient"), "body": f.get("text"), "status": self.status,
+            "direction": "MT", "inReplyTo": None, "routeId": "mglobal", "parts": 1,
+            "cost": 0.01, "currency": "GBP", "senderReference": f.get("reference"),
+            "campaignId": None,
+        }
+
+
+# -- the server --------------------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = False  # server_close() joins the handler threads
+    block_on_close = True
+    stand_in: MobivateStandIn
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = 10
+    protocol_version = "HTTP/1.0"  # one request per connection, closed after the answer
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.server.stand_in._handle(self, "POST", body)
+
+    def do_GET(self) -> None:
+        self.server.stand_in._handle(self, "GET", b"")
+
+    def send_json(self, status: int, payload: Any) -> None:
+        self.send_bytes(status, json.dumps(payload).encode(), "application/json")
+
+    def send_bytes(self, status: int, body: bytes, content_type: str) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (e.g. its read timeout beat a slow answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _envelope(http_status: int, name: str, obj: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"name": name, "statusCode": http_status}
+    if obj is not None:
+        error["object"] = obj
+    return {"success": False, "error": error}
+
+
+class MobivateStandIn:
+    """The stand-in server; use as a context manager (or start()/stop())."""
+
+    def __init__(self, *, api_key: str | None = None, default: Reply | None = None,
+                 lookup_record_ids: bool = True) -> None:
+        self.api_key = api_key  # when set, another Bearer key gets the seed's 403
+        self.default = default or Reply.success()
+        self.lookup_record_ids = lookup_record_ids  # GET /message/{UUID} finds the message
+        # Called with each send request before it is answered (e.g. to post a receipt that
+        # beats the send answer). Exceptions are kept in hook_errors, the answer is a 500.
+        self.on_send: Callable[[SentMessage], None] | None = None
+        self.hook_errors: list[BaseException] = []
+        self._lock = threading.Lock()
+        self._requests: list[SendRequest] = []
+        self._messages: list[SentMessage] = []
+        self._script: deque[Reply] = deque()
+        self._lookup_script: deque[Reply] = deque()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # lifecycle
+
+    def start(self) -> MobivateStandIn:
+        """Listen on 127.0.0.1, a free port, in a background thread."""
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.stand_in = self
+        self._server = server
+        self._stopping.clear()
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="mobivate-stand-in", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, cut slow answers short, close the socket, join every thread."""
+        if self._server is None:
+            return
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> MobivateStandIn:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """The API base URL, for providers.mobivate.base_url."""
+        assert self._server is not None, "stand-in not started"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    # scripting and inspection
+
+    def script(self, *replies: Reply) -> None:
+        """Answer the next valid sends with these replies, in order, then with the default."""
+        with self._lock:
+            self._script.extend(replies)
+
+    def script_lookup(self, *replies: Reply) -> None:
+        """Answer the next GET /message requests with these (error or http) replies."""
+        with self._lock:
+            self._lookup_script.extend(replies)
+
+    @property
+    def requests(self) -> list[SendRequest]:
+        """Every request received so far (sends and lookups), in arrival order."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def sends(self) -> list[SendRequest]:
+        """The POST /send/single requests received so far."""
+        return [r for r in self.requests if r.method == "POST"]
+
+    @property
+    def messages(self) -> list[SentMessage]:
+        """Every message accepted so far."""
+        with self._lock:
+            return list(self._messages)
+
+    def find(self, ident: str) -> SentMessage | None:
+        """The accepted message with this log id (or record id, when looked up by UUID)."""
+        with self._lock:
+            for m in self._messages:
+                if ident == m.log_id or (self.lookup_record_ids and ident == m.record_id):
+                    return m
+        return None
+
+    def set_status(self, ident: str, status: str, when: dt.datetime | None = None) -> None:
+        """What GET /message will report for this message from now on."""
+        message = self.find(ident)
+        assert message is not None, f"no message {ident!r}"
+        message.status = status
+        message.modified = when or dt.datetime.now(dt.UTC)
+
+    def wait_for_messages(self, count: int, timeout: float = 10.0) -> list[SentMessage]:
+        """Block until at least `count` messages were accepted; fail after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seen = self.messages
+            if len(seen) >= count:
+                return seen
+            time.sleep(0.02)
+        raise AssertionError(f"stand-in accepted {len(self.messages)} messages, expected "
+                             f"{count} within {timeout} s ({len(self.sends)} sends seen)")
+
+    # request handling (handler threads)
+
+    def _handle(self, handler: _Handler, method: str, body: bytes) -> None:
+        path = urlsplit(handler.path).path
+        request = _read_request(method, handler.path, dict(handler.headers.items()), body)
+        with self._lock:
+            self._requests.append(request)
+        if not self._authorized(request):
+            handler.send_json(403, _envelope(403, "AuthenticationError"))
+        elif method == "POST" and path == SEND_PATH:
+            self._answer_send(handler, request)
+        elif method == "GET" and path.startswith(MESSAGE_PATH):
+            self._answer_lookup(handler, unquote(path[len(MESSAGE_PATH):]))
+        else:
+            handler.send_json(404, _envelope(404, "NotFoundError", f"no route {path}"))
+
+    def _authorized(self, request: SendRequest) -> bool:
+        auth = request.headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            return False
+        return self.api_key is None or auth[7:] == self.api_key
+
+    def _answer_send(self, handler: _Handler, request: SendRequest) -> None:
+        refusal = _refusal(request)
+        if refusal is not None:  # refused whatever is scripted; no scripted reply used up
+            handler.send_json(400, _envelope(400, "ValidationError", refusal))
+            return
+        with self._lock:
+            reply = self._script.popleft() if self._script else self.default
+        if reply.delay:
+            self._stopping.wait(reply.delay)
+        if reply.kind == "http":
+            handler.send_bytes(reply.http_status, reply.body, "text/html")
+            return
+        if reply.kind == "error":
+            handler.send_json(reply.http_status,
+                              _envelope(reply.http_status, reply.name or "Error", reply.object))
+            return
+        message = SentMessage(record_id=reply.record_id or str(uuid.uuid4()), log_id=log_id(),
+                              batch_id=log_id(), request=request)
+        if reply.recipient_count:
+            with self._lock:
+                self._messages.append(message)
+        if self.on_send is not None:
+            try:
+                self.on_send(message)
+            except Exception as exc:  # reported to the test through hook_errors
+                self.hook_errors.append(exc)
+                handler.send_bytes(500, b"stand-in hook failed", "text/plain")
+                return
+        handler.send_json(200, {"success": True, "record": {
+            "id": message.record_id, "type": "SingleSMS",
+            "scheduled": message.created.isoformat(timespec="milliseconds").replace(
+                "+00:00", "Z"),
+            "recipientCount": reply.recipient_count}})
+
+    def _answer_lookup(self, handler: _Handler, ident: str) -> None:
+        with self._lock:
+            reply = self._lookup_script.popleft() if self._lookup_script else None
+        if reply is not None and reply.kind == "http":
+            handler.send_bytes(reply.http_status, reply.body, "text/html")
+            return
+        if reply is not None and reply.kind == "error":
+            handler.send_json(reply.http_status,
+                              _envelope(reply.http_status, reply.name or "Error", reply.object))
+            return
+        message = self.find(ident)
+        if message is None:
+            handler.send_json(404, _envelope(404, "NotFoundError", f"no message {ident}"))
+        else:
+            handler.send_json(200, message.log_entry())
+
+    # receipts: bytes builders (also usable without a running server) and delivery
+
+    @staticmethod
+    def dlr(delivery_message_id: str, status: str = "DELIVERED", **kwargs: Any) -> bytes:
+        """A Delivery Receipt Notification body; see `dlr()`."""
+        return dlr(delivery_message_id, status, **kwargs)
+
+    @staticmethod
+    def deliver(url: str, body: bytes, *, timeout: float = 10.0) -> httpx.Response:
+        """POST a receipt the way Mobivate does; see `deliver()`."""
+        return deliver(url, body, timeout=timeout)
+
+
+def _read_request(method: str, path: str, headers: dict[str, str], body: bytes) -> SendRequest:
+    lowered = {k.lower(): v for k, v in headers.items()}
+    fields: dict[str, Any] = dict.fromkeys(REQUEST_FIELDS)
+    extra: tuple[str, ...] = ()
+    error = None
+    if method == "POST":
+        if "application/json" not in lowered.get("content-type", ""):
+            error = f"Content-Type is {lowered.get('content-type')!r}, not application/json"
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            error = error or f"body is not JSON: {exc}"
+        else:
+            if isinstance(data, dict):
+                fields.update({k: data.get(k) for k in REQUEST_FIELDS})
+                extra = tuple(sorted(set(data) - set(REQUEST_FIELDS)))
+            else:
+                error = error or "body is not a JSON object"
+    return SendRequest(method=method, path=path, headers=lowered, body=body, fields=fields,
+                       extra_fields=extra, parse_error=error)
+
+
+def _refusal(request: SendRequest) -> str | None:
+    """What real Mobivate refuses whatever is scripted: unreadable bodies, missing fields."""
+    if request.parse_error is not None:
+        return request.parse_error
+    for name in ("text", "originator", "recipient"):
+        value = request.fields[name]
+        if not isinstance(value, str) or not value.strip():
+            return f"Missing {name.capitalize()} object"  # the seed's wording for originator
+    if not request.fields["recipient"].isdigit():
+        return "Invalid Recipient object"
+    return None
+
+
+def dlr(delivery_message_id: str | None, status: str = "DELIVERED", *,
+        status_code: int | str | None = None, client_reference: str | None = None,
+        batch_id: str | None = None, created: dt.datetime | str | None = None, parts: int = 1,
+        hlr: dict[str, Any] | None = None, omit: tuple[str, ...] = ()) -> bytes:
+    """The archived Delivery Receipt Notification (mobivate-dlr-webhook-1.json's layout).
+
+    `status_code` defaults to the documented code of `status`; `omit` drops keys, to build the
+    variants real traffic may show."""
+    payload: dict[str, Any] = {
+        "deliveryMessageId": delivery_message_id,
+        "batchId": batch_id if batch_id is not None else log_id(),
+        "clientReference": client_reference,
+        "created": created if isinstance(created, str) else _iso_millis(created),
+        "status": status,
+        "statusCode": status_code if status_code is not None else STATUS_CODES.get(status),
+        "parts": parts,
+        "hlr": hlr,
+    }
+    for key in omit:
+        payload.pop(key, None)
+    lines = ",\n".join(f"   {json.dumps(k)}:{json.dumps(v)}" for k, v in payload.items())
+    return ("{\n" + lines + "\n}\n").encode()
+
+
+def deliver(url: str, body: bytes, *, timeout: float = 10.0) -> httpx.Response:
+    """POST one receipt body as application/json; the answer is read and the connection closed."""
+    with httpx.Client(timeout=timeout) as client:
+        return client.post(url, content=body, headers={"Content-Type": "application/json"})

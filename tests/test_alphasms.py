@@ -1,0 +1,550 @@
+"""AlphaSMS: http.php send and its answers, status vocabularies, hook shapes, polling.
+
+Send and poll go through the loopback stand-in (real HTTP); answers and hooks are also parsed
+directly. Samples are verbatim copies of shared/providers/samples/alphasms-* (tests/samples).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from standins.alphasms import (
+    BAD_RECIPIENT,
+    NOT_FOUND,
+    WRONG_LOGIN,
+    AlphaSmsStandIn,
+    Reply,
+    http_status,
+    json_status,
+)
+
+from tracker.providers.alphasms import (
+    HTTP_CODES,
+    AlphaSmsProvider,
+    classify_error,
+    map_status,
+    parse_answer,
+    parse_time,
+)
+from tracker.providers.base import (
+    CallbackRequest,
+    OutboundMessage,
+    PollError,
+    PollTarget,
+    SendError,
+)
+from tracker.settings import ConfigError
+from tracker.status import Status
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+BASE = "http://127.0.0.1:8000"
+REF = "m0123456789abcdef01234567"
+
+
+def sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+def provider(**settings: object) -> AlphaSmsProvider:
+    config = {"api_key": "APIKEY", "sender": "test", "callback_token": "tok", **settings}
+    return AlphaSmsProvider({k: v for k, v in config.items() if v is not None}, BASE)
+
+
+def outbound(p: AlphaSmsProvider, to: str = "+380501234567", text: str = "text",
+             **kwargs: object) -> OutboundMessage:
+    return OutboundMessage(reference=REF, to=to, text=text, callback_url=p.callback_url(REF),
+                           **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def alpha():
+    with AlphaSmsStandIn(api_key="APIKEY") as stand_in:
+        yield stand_in
+
+
+# -- settings and the hook URL ------------------------------------------------------------------
+
+
+def test_callback_url_carries_token_and_encoded_reference() -> None:
+    p = provider()
+    assert p.callback_url(REF) == f"{BASE}/callbacks/alphasms/tok?ref={REF}"
+    assert p.callback_url("a b/&?") == f"{BASE}/callbacks/alphasms/tok?ref=a%20b%2F%26%3F"
+    assert p.callback_url() == f"{BASE}/callbacks/alphasms/tok"
+    assert provider(callback_token=None).callback_url(REF) is None
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"api_key": None}, "providers.alphasms.api_key: required"),
+    ({"api_key": None, "login": "me"}, "providers.alphasms.api_key: required"),
+    ({"sender": None}, "providers.alphasms.sender: required"),
+    ({"pin": "1"}, "providers.alphasms.pin: unknown setting"),
+])
+def test_settings_are_checked(settings, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        provider(**settings)
+
+
+# -- the send request ---------------------------------------------------------------------------
+
+
+def test_send_request_has_the_seed_fields_and_the_hook(alpha) -> None:
+    p = provider(base_url=alpha.url)
+    result = p.send(outbound(p))
+    [request] = alpha.requests
+    # alphasms-http-send-request-1.txt: the seed's request (its line break is in the doc).
+    seed = urlsplit(sample("alphasms-http-send-request-1.txt").decode().replace("\n", "")).query
+    expected = {k: v[0] for k, v in parse_qs(seed).items()}
+    assert (request.method, request.transport) == ("POST", "form")
+    assert request.fields == {**expected, "hook": f"{BASE}/callbacks/alphasms/tok?ref={REF}"}
+    assert result.provider_message_id == request.gateway_id == "84523377"
+    assert result.raw == "id:84523377 sms_count:1"
+
+
+def test_send_with_login_and_password_and_no_hook(alpha) -> None:
+    alpha.api_key, alpha.login, alpha.password = None, "me", "secret"
+    p = provider(base_url=alpha.url, api_key=None, login="me", password="secret",
+                 callback_token=None)
+    p.send(OutboundMessage(reference=REF, to="+447700900123", text="Привіт", sender="Shop.UA",
+                           callback_url=p.callback_url(REF)))
+    [request] = alpha.requests
+    assert request.fields == {"version": "http", "login": "me", "pass": "secret",
+                              "command": "send", "from": "Shop.UA", "to": "447700900123",
+                              "message": "Привіт"}
+
+
+def test_json_api_sample_names_the_hook_field_and_the_phone_format() -> None:
+    # The hook is documented for json.php (alphasms-json-send-request-1.json); http.php gets the
+    # same name, and the same international digits-only number.
+    item = json.loads(sample("alphasms-json-send-request-1.json"))["data"][0]
+    assert "hook" in item and str(item["phone"]).isdigit()
+
+
+def test_stand_in_answers_the_seed_request_by_get(alpha) -> None:
+    path = sample("alphasms-http-send-request-1.txt").decode().replace("\n", "")
+    answer = httpx.get(alpha.url.replace("/api/http.php", "/api") + path)
+    assert answer.text == "id:84523377 sms_count:1"
+    assert alpha.requests[0].transport == "query"
+
+
+# -- send answers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [
+    "id:84523377 sms_count:1",  # alphasms-http-send-response-success-1.txt
+    "id:84523377\nsms_count:1\n",  # Net::SMS::AlphaSMS
+    "id:84523377,sms_count:1",  # MakarovIgor's splitter
+    "\ufeffid: 84523377 , smd_count: 2\r\n",  # a BOM, spaces, the docs' own smd_count
+    "id:84523377 sms_count:1\nerrors:Sender is deprecated",  # an id wins: never resend
+])
+def test_success_answers(body) -> None:
+    assert provider().read_send_answer(200, body).provider_message_id == "84523377"
+
+
+def test_verbatim_samples() -> None:
+    p = provider()
+    ok = sample("alphasms-http-send-response-success-1.txt").decode()
+    assert p.read_send_answer(200, ok).provider_message_id == "84523377"
+    for name, text in [("alphasms-http-send-response-error-1.txt", "Wrong login/password"),
+                       ("alphasms-http-send-response-error-2.txt", "Unknown command")]:
+        raw = sample(name).decode()
+        with pytest.raises(SendError) as caught:
+            p.read_send_answer(200, raw)
+        err = caught.value
+        assert (err.status, err.permanent, err.provider_side, err.code, err.raw) == (
+            Status.FAILED, True, True, text, raw)
+        assert not err.outcome_unknown
+
+
+def test_answer_tokens_keep_spaces_and_repeat() -> None:
+    assert parse_answer("status:Out of touch code:5 status_time:2011-11-15T17:12:33+0200") == {
+        "status": ["Out of touch"], "code": ["5"], "status_time": ["2011-11-15T17:12:33+0200"]}
+    assert parse_answer("errors:Wrong login/password\nerrors:Unknown command\n") == {
+        "errors": ["Wrong login/password", "Unknown command"]}
+    assert parse_answer("<html>502 Bad Gateway</html>") == {}
+
+
+REJECTED = (Status.REJECTED, True, False)
+ACCOUNT = (Status.FAILED, True, True)
+RETRY = (Status.FAILED, False, True)
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("Wrong login/password", ACCOUNT),
+    ("Unknown command", ACCOUNT),
+    (json.loads(sample("alphasms-json-send-response-accessdenied-1.json"))["error"], ACCOUNT),
+    (json.loads(sample("alphasms-json-send-response-alphaname-error-1.json"))["data"][0]["error"],
+     REJECTED),
+    (BAD_RECIPIENT, REJECTED),
+    ("Not enough money to send the message", ACCOUNT),
+    ("Insufficient balance", ACCOUNT),
+    ("User disabled", ACCOUNT),
+    ("IP address is not allowed to make requests", ACCOUNT),
+    ("Operator not supported", ACCOUNT),  # no route: another provider may reach it
+    ("No route to destination", ACCOUNT),
+    ("Message text is too long", REJECTED),
+    ("Message with the specified ID already exists (duplicate)", REJECTED),
+    ("Too many requests, try again later", RETRY),
+    ("212", RETRY), ("202", ACCOUNT), ("205", ACCOUNT), ("203", REJECTED), ("204", REJECTED),
+    ("206", ACCOUNT), ("208", REJECTED),
+    ("", ACCOUNT),
+])
+def test_error_texts_and_codes_are_classified(text, kind) -> None:
+    err = classify_error([text], f"errors:{text}")
+    assert (err.status, err.permanent, err.provider_side) == kind
+    assert err.code == (text or "errors without text") and err.raw == f"errors:{text}"
+
+
+@pytest.mark.parametrize(("status", "body", "location", "expected"), [
+    (500, "Internal Server Error", None, ("HTTP_500", False, False)),
+    (503, "errors:Service temporarily unavailable", None, (
+        "Service temporarily unavailable", False, False)),
+    (429, "", None, ("HTTP_429", False, False)),
+    (404, "Not Found", None, ("HTTP_404", True, False)),
+    (301, "", "https://alphasms.ua/api/http.php", ("HTTP_301", True, False)),
+    (200, "<html>maintenance</html>", None, ("UNREADABLE", False, True)),
+    (200, "", None, ("UNREADABLE", False, True)),
+    (500, "id:5 sms_count:1", None, ("HTTP_500", False, False)),
+])
+def test_http_level_answers(status, body, location, expected) -> None:
+    with pytest.raises(SendError) as caught:
+        provider().read_send_answer(status, body, location)
+    err = caught.value
+    assert (err.code, err.permanent, err.outcome_unknown) == expected
+    assert err.provider_side and err.status == Status.FAILED
+    if location:
+        assert location in err.detail
+
+
+def test_transport_failures_through_the_stand_in(alpha) -> None:
+    p = provider(base_url=alpha.url)
+    alpha.script(Reply.http_error(502), Reply.error(BAD_RECIPIENT, "Error in Alpha-name"),
+                 Reply.slow(2.0))
+    with pytest.raises(SendError) as bad_gateway:
+        p.send(outbound(p))
+    assert (bad_gateway.value.code, bad_gateway.value.permanent) == ("HTTP_502", False)
+    with pytest.raises(SendError) as rejected:
+        p.send(outbound(p))
+    assert (rejected.value.status, rejected.value.provider_side) == (Status.REJECTED, False)
+    assert rejected.value.detail == f"AlphaSMS: {BAD_RECIPIENT}; Error in Alpha-name"
+    p.timeout = httpx.Timeout(0.5)
+    p._client = None
+    with pytest.raises(SendError) as slow:
+        p.send(outbound(p))
+    assert (slow.value.outcome_unknown, slow.value.code) == (True, "NO_ANSWER")
+
+
+def test_stand_in_refuses_wrong_key_and_we_fail_over(alpha) -> None:
+    p = provider(base_url=alpha.url, api_key="wrong")
+    with pytest.raises(SendError) as caught:
+        p.send(outbound(p))
+    assert (caught.value.code, caught.value.provider_side, caught.value.permanent) == (
+        WRONG_LOGIN, True, True)
+
+
+def test_unreachable_is_provider_side_and_retried() -> None:
+    with AlphaSmsStandIn() as gone:
+        url = gone.url
+    p = provider(base_url=url)
+    with pytest.raises(SendError) as caught:
+        p.send(outbound(p))
+    assert (caught.value.code, caught.value.permanent, caught.value.provider_side) == (
+        "UNREACHABLE", False, True)
+
+
+# -- status vocabularies -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "status"), [
+    ("0", Status.QUEUED), ("1", Status.QUEUED), ("2", Status.SENT), ("3", Status.DELIVERED),
+    ("5", Status.EXPIRED), ("10", Status.FAILED), ("50", Status.UNDELIVERED),
+    ("96", Status.UNDELIVERED), ("99", Status.REJECTED), ("116", Status.DELIVERED),
+])
+def test_http_codes(code, status) -> None:
+    assert HTTP_CODES[code] == status
+    assert map_status(code) == status  # in a hook too: http.php wins the shared code 1
+
+
+@pytest.mark.parametrize(("name", "status"), [
+    ("ACCEPTED", Status.DELIVERED), ("DELETED", Status.UNDELIVERED),
+    ("DELIVERED", Status.DELIVERED), ("EXPIRED", Status.EXPIRED), ("FILTERED", Status.REJECTED),
+    ("INVALID DESTINATION ADDRESS", Status.REJECTED), ("INVALID SOURCE ADDRESS", Status.REJECTED),
+    ("NO ROUTE", Status.FAILED), ("PARTIALLY DELIVERED", Status.UNDELIVERED),
+    ("QUEUED", Status.QUEUED), ("READ", Status.DELIVERED), ("REJECTED", Status.REJECTED),
+    ("REPLIED", Status.DELIVERED), ("ROUTING", Status.QUEUED), ("SIM FULL", Status.UNDELIVERED),
+    ("UNDELIVERABLE", Status.UNDELIVERED), ("UNKNOWN", Status.UNKNOWN),
+    # spelling variants a hook may use
+    ("sim_full", Status.UNDELIVERED), ("Invalid-Destination-Address", Status.REJECTED),
+    (" delivered ", Status.DELIVERED),
+    # XML API names and http.php texts
+    ("ENROUTE", Status.SENT), ("SCHEDULED", Status.QUEUED), ("NOT_SUPPORTED", Status.REJECTED),
+    ("ERR_BILLING", Status.FAILED), ("Out of touch", Status.EXPIRED), ("Sent", Status.SENT),
+    ("Network failure during SMS delivery", Status.UNDELIVERED),
+    ("Number not in service", Status.REJECTED), ("Read (Viber only)", Status.DELIVERED),
+])
+def test_status_names(name, status) -> None:
+    assert map_status(name) == status
+
+
+@pytest.mark.parametrize(("code", "status"), [
+    ("1", Status.ACCEPTED), ("100", Status.QUEUED), ("101", Status.SENT),
+    ("102", Status.DELIVERED), ("103", Status.EXPIRED), ("104", Status.UNDELIVERED),
+    ("105", Status.UNDELIVERED), ("106", Status.DELIVERED), ("107", Status.UNKNOWN),
+    ("108", Status.REJECTED), ("109", Status.FAILED), ("110", Status.QUEUED),
+    ("111", Status.REJECTED), ("112", Status.REJECTED), ("113", Status.REJECTED),
+    ("200", Status.FAILED), ("201", Status.REJECTED), ("202", Status.REJECTED),
+    ("203", Status.REJECTED), ("204", Status.REJECTED), ("206", Status.FAILED),
+    ("207", Status.FAILED), ("208", Status.REJECTED),
+])
+def test_xml_codes(code, status) -> None:
+    assert map_status(code, xml=True) == status
+
+
+@pytest.mark.parametrize("value", ["95", "211", "SOMETHING NEW", "", "true"])
+def test_unknown_values_map_to_nothing(value) -> None:
+    assert map_status(value) is None
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2011-11-15T17:12:33+0200", dt.datetime(2011, 11, 15, 15, 12, 33)),
+    ("2024-11-11T12:00:00", dt.datetime(2024, 11, 11, 10, 0)),  # Kyiv winter time, UTC+2
+    ("2024/07/12 15:00:00", dt.datetime(2024, 7, 12, 12, 0)),  # Kyiv summer time, UTC+3
+    ("2024/10/12", None),  # the docs' example: a day cannot order two reports
+    ("yesterday", None), (None, None),
+])
+def test_provider_times(text, expected) -> None:
+    assert parse_time(text) == expected
+
+
+# -- hook callbacks ------------------------------------------------------------------------------
+
+
+def hook(body: bytes = b"", *, method: str = "POST", content_type: str = "",
+         ref: str | None = REF, **query: str) -> CallbackRequest:
+    params = {**({"ref": [ref]} if ref is not None else {}),
+              **{k: [v] for k, v in query.items()}}
+    return CallbackRequest(method, content_type, params, body)
+
+
+AT = dt.datetime(2024, 10, 12, 9, 30, 5, tzinfo=dt.UTC)
+
+
+def test_json_hook_in_the_http_vocabulary() -> None:
+    body = json.dumps(http_status("84523377", 3, AT)).encode()
+    parsed = provider().parse_callback(hook(body, content_type="application/json"))
+    assert parsed.errors == []
+    [r] = parsed.receipts
+    assert (r.provider, r.status, r.reference, r.provider_message_id) == (
+        "alphasms", Status.DELIVERED, REF, None)  # `id` is ambiguous beside a ref: unused
+    assert (r.raw_status, r.error_code, r.detail) == ("3 Delivered", None, None)
+    assert r.occurred_at == dt.datetime(2024, 10, 12, 9, 30, 5)
+    assert r.dedupe_key == f"hook|{REF}||3 Delivered|2024-10-12T12:30:05+0300"
+
+
+def test_json_hook_in_the_json_vocabulary_carries_the_gateway_id() -> None:
+    body = json.dumps(json_status("84523377", "UNDELIVERABLE", AT)).encode()
+    [r] = provider().parse_callback(hook(body)).receipts
+    assert (r.status, r.provider_message_id, r.reference, r.raw_status, r.error_code) == (
+        Status.UNDELIVERED, "84523377", REF, "UNDELIVERABLE", "UNDELIVERABLE")
+    assert r.detail == "sms" and r.occurred_at == dt.datetime(2024, 10, 12, 9, 30, 5)
+
+
+def test_form_hook_and_get_hook_give_the_same_report() -> None:
+    fields = http_status("84523377", 2, AT)
+    form = "&".join(f"{k}={v.replace('+', '%2B')}" for k, v in fields.items()).encode()
+    p = provider()
+    [by_form] = p.parse_callback(hook(form, content_type="application/x-www-form-urlencoded")
+                                 ).receipts
+    [by_get] = p.parse_callback(hook(method="GET", **fields)).receipts
+    assert by_form == by_get
+    assert (by_get.status, by_get.raw_status) == (Status.SENT, "2 Sent")
+
+
+def test_query_appended_with_a_second_question_mark() -> None:
+    # GET …/tok?ref=m…?id=84523377&code=99&status=Error in the number
+    request = hook(method="GET", ref=f"{REF}?id=84523377", code="99",
+                   status="Error in the number")
+    parsed = provider().parse_callback(request)
+    [r] = parsed.receipts
+    assert (r.reference, r.status, r.error_code) == (REF, Status.REJECTED, "99")
+    assert parsed.notes == ["hook parameters appended with a second '?'"]
+
+
+def test_published_json_status_answer_as_a_hook_body() -> None:
+    body = sample("alphasms-json-status-response-1.json")
+    [with_ref] = provider().parse_callback(hook(body)).receipts
+    assert (with_ref.status, with_ref.reference, with_ref.provider_message_id) == (
+        Status.DELIVERED, REF, None)
+    assert (with_ref.raw_status, with_ref.detail) == ("READ", "viber")
+    # An account-level hook URL has no ref: the id is then the only key there is.
+    [no_ref] = provider().parse_callback(hook(body, ref=None)).receipts
+    assert (no_ref.reference, no_ref.provider_message_id) == (None, "10500")
+
+
+def test_published_xml_status_answer_as_a_hook_body() -> None:
+    body = sample("alphasms-xml-status-response-1.xml")
+    parsed = provider().parse_callback(hook(body, content_type="text/xml"))
+    assert parsed.errors == []
+    first, second = parsed.receipts
+    assert (first.provider_message_id, first.status, first.raw_status) == (
+        "1234568", Status.DELIVERED, "102")
+    assert first.occurred_at == dt.datetime(2024, 11, 11, 10, 0)
+    assert (second.provider_message_id, second.status, second.occurred_at) == (
+        "1234569", Status.ACCEPTED, None)
+    # Two reports in one per-message hook: each has its own id, so the ref is given to neither.
+    assert first.reference is None and second.reference is None
+
+
+def test_json_list_of_reports() -> None:
+    body = json.dumps([json_status("1", "SENT"), json_status("2", "DELIVERED")]).encode()
+    receipts = provider().parse_callback(hook(body)).receipts
+    assert [(r.provider_message_id, r.status, r.reference) for r in receipts] == [
+        ("1", Status.SENT, None), ("2", Status.DELIVERED, None)]
+
+
+def test_words_beat_numbers() -> None:
+    body = json.dumps({"code": 200, "status": "DELIVERED"}).encode()
+    [r] = provider().parse_callback(hook(body)).receipts
+    assert (r.status, r.raw_status) == (Status.DELIVERED, "200 DELIVERED")
+
+
+def test_unknown_status_is_kept_not_dropped() -> None:
+    [r] = provider().parse_callback(hook(method="GET", status="PENDING_REVIEW")).receipts
+    assert (r.status, r.raw_status, r.reference) == (Status.UNKNOWN, "PENDING_REVIEW", REF)
+    assert r.detail == "status=PENDING_REVIEW" and r.error_code is None
+
+
+@pytest.mark.parametrize(("request_", "error"), [
+    (hook(method="GET"), "without a status field"),  # only the ref: nothing to record
+    (hook(b'{"type": "sms"}'), "without a status field"),
+    (hook(ref=None, status="DELIVERED"), "hook without ref or message id"),
+    (hook(b"", ref=None), "hook without ref or message id"),
+    (hook(b"{not json", content_type="application/json"), "body not understood"),
+    (hook(b"\xff\xfe junk"), "body not understood"),
+    (hook(b'<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><msg>&e;</msg>'),
+     "body not understood"),
+    (hook(b"<msg sms_id='1'>102"), "body not understood"),
+    (hook(b'"DELIVERED"'), "body not understood"),
+])
+def test_unusable_hooks_become_errors_not_exceptions(request_, error) -> None:
+    parsed = provider().parse_callback(request_)
+    assert parsed.receipts == []
+    assert any(error in e for e in parsed.errors), parsed.errors
+
+
+def test_unreadable_body_still_uses_the_query() -> None:
+    parsed = provider().parse_callback(hook(b"{oops", status="DELIVERED"))
+    assert [r.status for r in parsed.receipts] == [Status.DELIVERED]
+    assert parsed.errors and "body not understood" in parsed.errors[0]
+
+
+def test_malformed_ref_is_ignored() -> None:
+    parsed = provider().parse_callback(hook(ref="x" * 40, msg_id="7", status="SENT"))
+    [r] = parsed.receipts
+    assert (r.reference, r.provider_message_id) == (None, "7")
+    assert "malformed ref" in parsed.errors[0]
+
+
+def test_dedupe_keys() -> None:
+    p = provider()
+
+    def key(body: dict, **kw: str) -> str | None:
+        [r] = p.parse_callback(hook(json.dumps(body).encode(), **kw)).receipts
+        return r.dedupe_key
+
+    delivered = json_status("5", "DELIVERED", AT)
+    same_as_form = "&".join(f"{k}={v}" for k, v in delivered.items()).encode()
+    [by_form] = p.parse_callback(hook(same_as_form)).receipts
+    assert key(delivered) == key(delivered) == by_form.dedupe_key  # a retry, however sent
+    assert key(delivered) != key(json_status("5", "EXPIRED", AT))
+    assert key(delivered) != key(json_status("5", "DELIVERED", AT + dt.timedelta(seconds=1)))
+    assert key(delivered) != key(delivered, ref="m999")
+    huge = {"status": "X" * 300}
+    assert len(key(huge)) <= 200
+
+
+# -- polling -------------------------------------------------------------------------------------
+
+
+def target(gateway_id: str | None) -> PollTarget:
+    return PollTarget(message_id=1, reference=REF, provider_message_id=gateway_id,
+                      to="+380501234567")
+
+
+def test_poll_reads_the_stored_status(alpha) -> None:
+    p = provider(base_url=alpha.url)
+    gateway_id = p.send(outbound(p)).provider_message_id
+    alpha.set_status(gateway_id, 3, AT)
+    answer = p.poll([target(gateway_id)])
+    request = alpha.requests[-1]
+    # alphasms-http-status-request-1.txt: key, command=receive, id.
+    seed = {k: v[0] for k, v in parse_qs(urlsplit(
+        sample("alphasms-http-status-request-1.txt").decode().strip()).query).items()}
+    assert set(request.fields) == {*seed, "version"}
+    assert (request["command"], request["id"], request["key"]) == ("receive", gateway_id,
+                                                                   "APIKEY")
+    [r] = answer.receipts
+    assert (r.status, r.provider_message_id, r.raw_status, r.reference) == (
+        Status.DELIVERED, gateway_id, "3 Delivered", None)
+    assert r.occurred_at == dt.datetime(2024, 10, 12, 9, 30, 5)
+    assert answer.raw == "status:Delivered code:3 status_time:2024-10-12T12:30:05+0300"
+    again = p.poll([target(gateway_id)]).receipts[0]
+    assert again.dedupe_key == r.dedupe_key  # an unchanged status is no new event
+
+
+def test_poll_published_answer_and_an_sdk_fixture(alpha) -> None:
+    p = provider(base_url=alpha.url)
+    alpha.script_receive(
+        Reply.raw(sample("alphasms-http-status-response-1.txt")),
+        # Net::SMS::AlphaSMS's test answer: one pair per line, a localized text, code 95.
+        Reply.raw("status:Оператор не поддерживается\ncode:95\n"
+                  "status_time:2011-11-15T17:12:33+0200\n".encode()),
+        Reply.raw(b"status:Sending code:1 status_time:2024/10/12 08:00:00"),
+    )
+    published, localized, sending = (p.poll([target("123")]).receipts[0] for _ in range(3))
+    assert (published.status, published.raw_status, published.occurred_at) == (
+        Status.DELIVERED, "3 Delivered", None)
+    assert (localized.status, localized.raw_status) == (Status.UNKNOWN,
+                                                        "95 Оператор не поддерживается")
+    assert localized.detail == "Оператор не поддерживается"
+    assert localized.occurred_at == dt.datetime(2011, 11, 15, 15, 12, 33)
+    assert sending.status == Status.QUEUED  # http.php code 1, not the XML API's "received"
+
+
+def test_poll_of_every_documented_code(alpha) -> None:
+    p = provider(base_url=alpha.url)
+    gateway_id = p.send(outbound(p)).provider_message_id
+    for code, status in HTTP_CODES.items():
+        alpha.set_status(gateway_id, int(code))
+        [r] = p.poll([target(gateway_id)]).receipts
+        assert r.status == status
+        assert r.error_code == (code if status in (
+            Status.UNDELIVERED, Status.EXPIRED, Status.REJECTED, Status.FAILED) else None)
+
+
+def test_poll_leaves_out_unknown_ids_and_ids_never_given(alpha) -> None:
+    p = provider(base_url=alpha.url)
+    answer = p.poll([target("999")])
+    assert (answer.receipts, answer.errors, answer.raw) == ([], [], f"errors:{NOT_FOUND}")
+    answer = p.poll([target(None)])
+    assert answer.receipts == [] and REF in answer.errors[0]
+    assert [r.command for r in alpha.requests] == ["receive"]
+
+
+@pytest.mark.parametrize("reply", [Reply.http_error(500), Reply.error("Wrong login/password"),
+                                   Reply.raw(b"", 403)])
+def test_poll_failures_raise_poll_error(alpha, reply) -> None:
+    alpha.script_receive(reply)
+    with pytest.raises(PollError):
+        provider(base_url=alpha.url).poll([target("1")])
+
+
+def test_poll_unreachable_raises_poll_error() -> None:
+    with AlphaSmsStandIn() as gone:
+        url = gone.url
+    with pytest.raises(PollError, match="unreachable"):
+        provider(base_url=url).poll([target("1")])

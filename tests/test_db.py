@@ -1,0 +1,94 @@
+"""SQLite durability: a write transaction returns only after its WAL is fsynced, and that fsync
+happens after the writer lock is released (other writers never wait for our disk)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tracker import migrations
+from tracker.db import connect_database, db, execute, write_tx
+
+
+def _open(path: Path, synchronous: str) -> Any:
+    database = connect_database(f"sqlite:///{path}", synchronous=synchronous)
+    db.initialize(database)
+    database.connect()
+    migrations.upgrade(database, log=lambda _line: None)
+    return database
+
+
+@pytest.fixture
+def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """Record every fdatasync: the file, and whether the writer lock was free at that moment."""
+    calls: list[tuple[str, bool]] = []
+    real = os.fdatasync
+
+    def spy(fd: int) -> None:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        probe = os.open(name.replace("-wal", "-writelock"), os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if the lock is held
+            fcntl.flock(probe, fcntl.LOCK_UN)
+            free = True
+        except BlockingIOError:
+            free = False
+        finally:
+            os.close(probe)
+        calls.append((name, free))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", spy)
+    return calls
+
+
+def test_full_fsyncs_the_wal_after_the_lock_is_released(tmp_path: Path,
+                                                         fsyncs: list[tuple[str, bool]]) -> None:
+    database = _open(tmp_path / "t.sqlite3", "full")
+    try:
+        fsyncs.clear()
+        with write_tx():
+            execute("INSERT INTO lease (name, owner, expires_at) VALUES ('a', 'b', ?)",
+                    ("2026-01-01 00:00:00",))
+            assert fsyncs == []  # nothing synced while the transaction is open
+        assert fsyncs == [(str(tmp_path / "t.sqlite3-wal"), True)]
+        # Nested transactions sync once, when the outermost one commits.
+        fsyncs.clear()
+        with write_tx(), write_tx():
+            execute("UPDATE lease SET owner = 'c'")
+        assert len(fsyncs) == 1
+    finally:
+        database.close()
+
+
+def test_normal_does_not_fsync_on_commit(tmp_path: Path,
+                                         fsyncs: list[tuple[str, bool]]) -> None:
+    database = _open(tmp_path / "t.sqlite3", "normal")
+    try:
+        fsyncs.clear()
+        with write_tx():
+            execute("INSERT INTO lease (name, owner, expires_at) VALUES ('a', 'b', ?)",
+                    ("2026-01-01 00:00:00",))
+        assert fsyncs == []
+        assert execute("PRAGMA synchronous").fetchone()[0] == 1
+    finally:
+        database.close()
+
+
+def test_a_failed_transaction_is_not_synced(tmp_path: Path,
+                                            fsyncs: list[tuple[str, bool]]) -> None:
+    database = _open(tmp_path / "t.sqlite3", "full")
+    try:
+        fsyncs.clear()
+        with pytest.raises(ZeroDivisionError), write_tx():
+            execute("INSERT INTO lease (name, owner, expires_at) VALUES ('a', 'b', ?)",
+                    ("2026-01-01 00:00:00",))
+            1 / 0  # noqa: B018 - the body fails after a write
+        assert fsyncs == []
+        assert execute("SELECT count(*) FROM lease").fetchone()[0] == 0
+    finally:
+        database.close()
