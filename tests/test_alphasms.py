@@ -189,6 +189,8 @@ RETRY = (Status.FAILED, False, True)
     ("Message text is too long", REJECTED),
     ("Message with the specified ID already exists (duplicate)", REJECTED),
     ("Too many requests, try again later", RETRY),
+    ("Message could not be sent: internal error", RETRY),
+    ("Message type is not valid", ACCOUNT),  # not ours to judge: fail over, do not reject
     ("212", RETRY), ("202", ACCOUNT), ("205", ACCOUNT), ("203", REJECTED), ("204", REJECTED),
     ("206", ACCOUNT), ("208", REJECTED),
     ("", ACCOUNT),

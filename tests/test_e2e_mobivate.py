@@ -86,16 +86,17 @@ def test_message_from_api_to_delivered_through_mobivate_receipts(database_url: s
                     for e in final["events"]]
         assert timeline == [
             ("created", "queued", True, None),
+            ("routed", None, None, None),  # default_provider chose mobivate
             ("submitted", "accepted", True, None),
             ("receipt", "sent", True, "ACCEPTED (2)"),
             ("receipt", "delivered", True, "DELIVERED (1)"),
             ("receipt", "sent", False, "INTERIM_ACKNOWLEDGED (9)"),
         ]
         assert final["events"][-1]["reason"] == "message is already final (delivered)"
-        assert all(e["callback_id"] for e in final["events"][2:])
+        assert all(e["callback_id"] for e in final["events"][3:])
         assert final["status_at"].startswith(
             (t0 + dt.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S"))
-        assert json.loads(final["events"][1]["detail"])["record"]["id"] == sent.record_id
+        assert json.loads(final["events"][2]["detail"])["record"]["id"] == sent.record_id
 
         rows = db_rows(database_url, "SELECT provider_message_id, reference FROM event"
                                      " WHERE kind = 'receipt' ORDER BY id")
@@ -146,7 +147,8 @@ def test_receipt_that_beats_the_send_answer_is_matched_by_reference(database_url
         assert after_send["status"] == "sent"
         assert after_send["provider_message_id"] == sent.record_id
         timeline = [(e["kind"], e["status"], e["applied"]) for e in final["events"]]
-        assert timeline == [("created", "queued", True), ("receipt", "sent", True),
+        assert timeline == [("created", "queued", True), ("routed", None, None),
+                            ("receipt", "sent", True),
                             ("submitted", "accepted", False), ("receipt", "undelivered", True)]
         assert (final["status"], final["error_code"]) == ("undelivered", "FAILED_NACK")
         assert final["error_detail"] == "accepted but not delivered to the handset"

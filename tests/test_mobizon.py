@@ -172,7 +172,8 @@ def test_message_id_is_a_string_whatever_its_json_type(mob, answer) -> None:
     (Reply.error(3), "3", Status.FAILED, False, True),
     (Reply.error(10), "10", Status.FAILED, False, True),
     (Reply.error(15), "15", Status.FAILED, False, True),
-    (Reply.error(77), "77", Status.FAILED, False, True),  # undocumented
+    (Reply.error(77), "77", Status.FAILED, True, True),  # undocumented
+    (Reply.error(99), "99", Status.FAILED, True, True),  # bulk "nothing done"
     # the HTTP status is not part of the contract: the envelope decides
     (Reply.error(30, http_status=503), "30", Status.FAILED, False, True),
     (Reply.error(1, {"recipient": ["bad"]}, http_status=400), "1", Status.REJECTED, True, False),
@@ -348,10 +349,12 @@ def test_event_without_event_type_is_still_read() -> None:
     b'{"data": {"messageId": 5}}',
     b'{"data": {"messageId": true, "status": "DELIVRD"}}',
     b'{"data": {"messageId": 5, "status": 3}}',
+    b"[" * 60000 + b"]" * 60000,  # nesting deeper than the JSON parser's recursion limit
 ])
 def test_unreadable_bodies_become_errors_not_exceptions(body) -> None:
     parsed = parse(provider(), body)
     assert parsed.receipts == [] and parsed.errors
+    assert provider(webhook_secret="s").verify(request(body)) is not None
 
 
 def test_bad_status_update_time_keeps_the_receipt() -> None:

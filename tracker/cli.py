@@ -191,7 +191,7 @@ def send(to: str, text: str, sender: str | None, provider: str | None,
     with app.app_context():
         try:
             new = sending.validate(data, providers=app.extensions["providers"],
-                                   default_provider=cfg["default_provider"],
+                                   default_provider=cfg["default_provider"], routes=cfg["routes"],
                                    default_region=cfg["default_region"])
         except sending.SendRejected as exc:
             raise click.ClickException(f"{exc.field}: {exc.message}") from exc

@@ -47,6 +47,11 @@ class Message(BaseModel):
     submitted_at = pw.DateTimeField(null=True)
     created_at = pw.DateTimeField(default=utcnow)
     updated_at = pw.DateTimeField(default=utcnow)
+    encoding = pw.CharField(max_length=8, null=True)  # GSM-7 or UCS-2 (tracker.segments)
+    segments = pw.IntegerField(null=True)
+    route = pw.CharField(max_length=255, null=True)  # providers still to try, comma-separated
+    expires_at = pw.DateTimeField(null=True)  # validity end: not final by then -> expired
+    poll_at = pw.DateTimeField(null=True)  # next status poll (providers with a status API)
 
     class Meta:
         indexes = (
@@ -107,6 +112,12 @@ class Event(BaseModel):
         indexes = ((("message", "id"), False),)  # a message's timeline in order
 
 
+# Only messages that can still change: the expiry and poll jobs never walk final history.
+Message.add_index(Message.index(Message.expires_at, where=Message.status_rank < 3))
+Message.add_index(Message.index(Message.provider, Message.poll_at,
+                                where=Message.status_rank < 3))
+
+
 # Orphans waiting for their message. Partial: a matched event never touches this index.
 Event.add_index(Event.index(Event.provider, Event.provider_message_id,
                             where=Event.message.is_null()))
@@ -140,6 +151,13 @@ class Lease(BaseModel):
     expires_at = pw.DateTimeField()
 
 
+class ProviderThrottle(BaseModel):
+    """Per-provider send rate limit shared by every dispatcher: the earliest next send."""
+
+    provider = pw.CharField(max_length=32, primary_key=True)
+    next_at = pw.DoubleField()  # Unix time; arithmetic in SQL stays portable
+
+
 class SchemaMigration(BaseModel):
     """Applied schema migrations."""
 
@@ -148,4 +166,5 @@ class SchemaMigration(BaseModel):
     applied_at = pw.DateTimeField(default=utcnow)
 
 
-ALL_MODELS: list[type[BaseModel]] = [Message, Callback, Event, ApiKey, User, Lease, SchemaMigration]
+ALL_MODELS: list[type[BaseModel]] = [Message, Callback, Event, ApiKey, User, Lease,
+                                      ProviderThrottle, SchemaMigration]

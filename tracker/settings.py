@@ -37,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
     "send_max_attempts": 6,
     "send_backoff_seconds": 30.0,
     "orphan_rematch_seconds": 15.0,
+    "poll_interval_seconds": 60.0,  # how often the worker looks for messages due a status poll
+    "expire_interval_seconds": 60.0,  # how often it looks for messages past their validity
+    "routes": {},  # destination -> providers in failover order (tracker.routing)
     "providers": {"fake": {}},
 }
 
@@ -56,6 +59,9 @@ TYPES: dict[str, type | tuple[type, ...]] = {
     "send_max_attempts": int,
     "send_backoff_seconds": (int, float),
     "orphan_rematch_seconds": (int, float),
+    "poll_interval_seconds": (int, float),
+    "expire_interval_seconds": (int, float),
+    "routes": dict,
     "providers": dict,
 }
 
@@ -145,6 +151,9 @@ def _validate(cfg: dict[str, Any]) -> None:
     if cfg["default_provider"] not in cfg["providers"]:
         name = cfg["default_provider"]
         raise ConfigError(f"default_provider: {name!r} has no [providers.{name}] table")
+    from . import routing  # imports ConfigError from here
+
+    cfg["routes"] = routing.validate(cfg["routes"], cfg["providers"])
 
 
 def _derive(cfg: dict[str, Any], instance: Path) -> None:

@@ -5,6 +5,9 @@ POST keeps the key and the text out of URL logs). The answer is `key:value` toke
 `id:84523377 sms_count:1` or `errors:…`; SDKs show them separated by spaces, newlines or commas
 (§4.2), so tokens are found by their known keys, and a value may contain spaces.
 
+http.php has no per-message lifetime (json.php's `sms_lifetime`), so `validity` is not sent;
+nor is `ask_date`: the core schedules messages itself.
+
 Status push: the `hook` payload is documented nowhere (§4.4, open question 1). Each message's
 hook URL therefore carries the callback token in its path (checked by the core) and our reference
 in `?ref=` (correlation), so a hook is authenticated and matched whatever its body looks like.
@@ -82,23 +85,15 @@ CODES: dict[str, Status] = {**XML_CODES, **HTTP_CODES}
 # the XML API names and the http.php texts (§4.5). DELETED is in the JSON and the http.php
 # lists; the JSON mapping (undelivered) is used for the word, the http.php one for code 10.
 STATUS_MAP: dict[str, Status] = {
-    "ACCEPTED": Status.DELIVERED,  # SMPP ACCEPTD: "manually read on behalf of subscriber" [INF]
-    "DELETED": Status.UNDELIVERED,
-    "DELIVERED": Status.DELIVERED,
-    "EXPIRED": Status.EXPIRED,
-    "FILTERED": Status.REJECTED,
-    "INVALID DESTINATION ADDRESS": Status.REJECTED,
-    "INVALID SOURCE ADDRESS": Status.REJECTED,
-    "NO ROUTE": Status.FAILED,
-    "PARTIALLY DELIVERED": Status.UNDELIVERED,
-    "QUEUED": Status.QUEUED,
-    "READ": Status.DELIVERED,
-    "REJECTED": Status.REJECTED,
-    "REPLIED": Status.DELIVERED,
-    "ROUTING": Status.QUEUED,
-    "SIM FULL": Status.UNDELIVERED,
-    "UNDELIVERABLE": Status.UNDELIVERED,
-    "UNKNOWN": Status.UNKNOWN,
+    # SMPP ACCEPTD: "manually read on behalf of subscriber by customer service" [INF]
+    "ACCEPTED": Status.DELIVERED,
+    "DELETED": Status.UNDELIVERED, "DELIVERED": Status.DELIVERED, "EXPIRED": Status.EXPIRED,
+    "FILTERED": Status.REJECTED, "INVALID DESTINATION ADDRESS": Status.REJECTED,
+    "INVALID SOURCE ADDRESS": Status.REJECTED, "NO ROUTE": Status.FAILED,
+    "PARTIALLY DELIVERED": Status.UNDELIVERED, "QUEUED": Status.QUEUED,
+    "READ": Status.DELIVERED, "REJECTED": Status.REJECTED, "REPLIED": Status.DELIVERED,
+    "ROUTING": Status.QUEUED, "SIM FULL": Status.UNDELIVERED,
+    "UNDELIVERABLE": Status.UNDELIVERED, "UNKNOWN": Status.UNKNOWN,
     # XML API names
     "SCHEDULED": Status.QUEUED, "ENROUTE": Status.SENT, "DISCARDED": Status.FAILED,
     "SENDING": Status.QUEUED, "NOT SUPPORTED": Status.REJECTED,
@@ -135,14 +130,15 @@ ERROR_CODES = {"200": ACCOUNT, "201": ACCOUNT, "202": ACCOUNT, "203": REJECT, "2
                "210": ACCOUNT, "212": RETRY}
 # Checked in this order: "Not enough money to send the message" is an account problem.
 ERROR_TEXTS = [
-    (re.compile(r"throttl|too many|\brate\b|try (again )?later|temporar"), RETRY),
+    (re.compile(r"throttl|too many|\brate\b|try (again )?later|temporar|unavailable|"
+                r"internal"), RETRY),
     (re.compile(r"login|password|\bkey\b|auth|access denied|disabled|\bip\b|balance|money|"
                 r"funds|credit|billing|tariff|over ?limit|payment"), ACCOUNT),
     # No route: another provider may reach the number, so fail over (common brief).
     (re.compile(r"route|routing|operator|direction|not supported|country"), ACCOUNT),
     (re.compile(r"phone|number|recipient|receiver|destination|\bto\b|sender|alpha.?name|\bfrom\b|"
-                r"signature|text|message|length|too long|empty|duplicate|spam|stop.?word|"
-                r"forbidden|filter|blocked|content"), REJECT),
+                r"signature|length|too long|empty|duplicate|spam|stop.?word|forbidden|filter|"
+                r"blocked|content"), REJECT),
 ]
 NOT_FOUND = re.compile(r"not found|unknown (sms|message|id)", re.IGNORECASE)
 
@@ -202,7 +198,7 @@ def parse_time(text: str | None) -> dt.datetime | None:
 def _dedupe(*parts: str | None) -> str:
     key = "|".join(p or "" for p in parts)
     # The event column holds 255 characters, the core adds "alphasms:".
-    return key if len(key) <= 200 else "sha1:" + hashlib.sha1(key.encode()).hexdigest()  # noqa: S324
+    return key if len(key) <= 200 else "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
 def _summary(fields: dict[str, str], limit: int = 500) -> str:

@@ -74,12 +74,12 @@ STATUS_MEANING = {
     "DELETED": "deleted because of operator-side restrictions",
 }
 
-# API codes (_other/apiCode.md, PROTOCOLS.md §1.3) for a send that did not succeed.
-RETRY_CODES = frozenset({"3", "10", "15", "30", "999"})  # service trouble, rate limit: try later
-ACCOUNT_CODES = frozenset({  # this account or this configuration cannot send: fail over
-    "2", "4", "5", "6", "8", "9", "13", "14",
-})
-REQUEST_CODES = frozenset({"1", "11", "12"})  # validation: the request itself is refused
+# API codes (_other/apiCode.md, PROTOCOLS.md §1.3) for a send that did not succeed. Validation
+# rejects the message unless it names only our own fields (sender, params); service trouble and
+# the rate limit are retried; the rest (bad key 8, no access 9, wrong server 13, account blocked
+# 14, bad module/method/format 4-6, undocumented codes) means this account cannot send now.
+REQUEST_CODES = frozenset({"1", "11", "12"})
+RETRY_CODES = frozenset({"3", "10", "15", "30", "999"})
 API_CODE_MEANING = {
     "1": "validation error", "2": "record not found", "3": "unknown application error",
     "4": "bad module", "5": "bad method", "6": "bad output format",
@@ -158,10 +158,11 @@ class MobizonProvider(Provider):
             detail += f"; {json.dumps(data, ensure_ascii=False)[:300]}"
         if code in REQUEST_CODES and not _only_account_fields(data):
             raise SendError(detail, permanent=True, status=Status.REJECTED, code=code, raw=raw)
-        if code in REQUEST_CODES or code in ACCOUNT_CODES:
-            raise SendError(detail, permanent=True, provider_side=True, code=code, raw=raw)
-        # RETRY_CODES, and undocumented codes: the provider's trouble, maybe passing.
-        raise SendError(detail, permanent=False, provider_side=True, code=code, raw=raw)
+        if code in RETRY_CODES:  # the provider's trouble, likely to pass
+            raise SendError(detail, permanent=False, provider_side=True, code=code, raw=raw)
+        # Auth, account, configuration, our own settings, undocumented codes (98 and 99 are
+        # for bulk calls): retrying here will not help, another provider may.
+        raise SendError(detail, permanent=True, provider_side=True, code=code, raw=raw)
 
     # -- webhook -------------------------------------------------------------------------
 
@@ -286,7 +287,7 @@ def webhook_sign(event_id: str, attempt: str, event_create_ts: str, secret: str)
 def _json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting, e.g. [[[[…
         return None
 
 

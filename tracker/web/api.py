@@ -44,7 +44,7 @@ def create_message() -> Any:
     cfg = current_app.config["TRACKER"]
     try:
         new = sending.validate(data, providers=current_app.extensions["providers"],
-                               default_provider=cfg["default_provider"],
+                               default_provider=cfg["default_provider"], routes=cfg["routes"],
                                default_region=cfg["default_region"])
     except sending.SendRejected as exc:
         return error(400, "invalid_" + exc.field, exc.message, field=exc.field)
