@@ -557,3 +557,33 @@ def test_stand_in_refuses_more_than_100_ids(mob) -> None:
     answer = httpx.post(f"{mob.url}/service/message/getsmsstatus",
                         params={"output": "json", "api": "v1", "apiKey": KEY}, data=fields)
     assert answer.json()["code"] == 12
+
+
+# -- the sign through the callback endpoint, stored and replayed --------------------------------
+
+
+def test_a_bad_sign_is_stored_unauthorized_not_applied_and_replayable(database_url: str) -> None:
+    from conftest import build_app, make_config
+
+    from tracker import replay
+    from tracker.db import db
+    from tracker.models import Callback, Event
+
+    mobizon = {"api_key": KEY, "callback_token": "mz-token", "webhook_secret": "secret123"}
+    app = build_app(make_config(database_url, providers={"mobizon": mobizon}))
+    client = app.test_client()
+    path = "/callbacks/mobizon/mz-token"
+    forged = signed_sample(VECTOR_1[:-1] + "1")
+    answers = [client.post(path, data=body, content_type="application/json")
+               for body in (forged, signed_sample())]
+    assert [(a.status_code, a.get_data(as_text=True).strip()) for a in answers] == [
+        (200, "OK unauthorized"), (200, "OK orphan")]  # no message with that id here
+    with db.connection_context():
+        stored = list(Callback.select().order_by(Callback.id))
+        assert [(c.verdict, c.detail) for c in stored] == [
+            ("unauthorized", "sign does not match"), ("orphan", None)]
+        assert bytes(stored[0].body) == forged  # kept verbatim
+        assert Event.select().count() == 1  # only the signed one became a receipt
+        # Replay checks the sign again: still forged, still unauthorized, nothing applied.
+        again = replay.replay(stored[0], app.extensions["providers"], dry_run=False)
+        assert (again.new_verdict, Event.select().count()) == ("unauthorized", 1)

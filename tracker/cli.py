@@ -199,6 +199,27 @@ def send(to: str, text: str, sender: str | None, provider: str | None,
         click.echo(json.dumps(reporting.message_detail(message.id), indent=2))
 
 
+@main.command()
+@click.argument("ident")
+def cancel(ident: str) -> None:
+    """Cancel a queued or scheduled message (by id or reference) before it is submitted."""
+    from . import reporting, sending
+
+    app = _app()
+    _upgrade(app)
+    with app.app_context():
+        message_id = reporting.resolve_message_id(ident)
+        if message_id is None:
+            raise click.ClickException(f"no message {ident!r}")
+        try:
+            sending.cancel(message_id, source="cli")
+        except sending.NotCancelable as exc:
+            raise click.ClickException(f"message {ident} is {exc.status}; only a queued or "
+                                       "scheduled message not being sent can be canceled"
+                                       ) from exc
+        click.echo(f"canceled message {message_id}")
+
+
 @main.group()
 def callbacks() -> None:
     """Stored provider callbacks."""

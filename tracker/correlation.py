@@ -30,6 +30,7 @@ class Verdict(StrEnum):
     IGNORED = "ignored"  # understood, but changed nothing (stale, lower rank, not for us)
     INVALID = "invalid"  # nothing in it could be understood
     ERROR = "error"  # stored, but processing failed on our side; replay it
+    UNAUTHORIZED = "unauthorized"  # right path token, wrong signature: stored, not applied
     PENDING = "pending"  # only while the transaction that stores a batch is open
 
 

@@ -90,6 +90,11 @@ def _store_and_apply_postgres(callback_row: tuple, detail: str | None, found: Ma
     return expected
 
 
-def _correct(callback_id: int, verdict: Verdict) -> Verdict:
+def set_verdict(callback_id: int, verdict: Verdict) -> None:
+    """Give a stored callback its final verdict (a batch's is known once it is applied)."""
     execute("UPDATE callback SET verdict = ? WHERE id = ?", (verdict.value, callback_id))
+
+
+def _correct(callback_id: int, verdict: Verdict) -> Verdict:
+    set_verdict(callback_id, verdict)
     return verdict

@@ -7,7 +7,7 @@ import logging
 
 from flask import Flask
 
-from . import correlation, sending
+from . import correlation, expiry, polling, sending
 from .db import db, write_tx
 from .models import Lease, utcnow
 
@@ -37,6 +37,26 @@ def rematch_orphans(app: Flask) -> int:
     if applied:
         log.info("re-matched %d orphan receipts", applied)
     return applied
+
+
+def poll(app: Flask) -> int:
+    """Ask providers with a status API about messages still not final."""
+    applied = 0
+    with db.connection_context():
+        for provider in app.extensions["providers"].values():
+            applied += polling.poll_provider(provider)
+    if applied:
+        log.info("polling applied %d receipt(s)", applied)
+    return applied
+
+
+def expire(app: Flask) -> int:
+    """Mark messages past their validity as expired (inferred)."""
+    with db.connection_context():
+        count = expiry.expire_overdue()
+    if count:
+        log.info("expired %d message(s)", count)
+    return count
 
 
 def hold_lease(name: str, owner: str, ttl_seconds: float) -> bool:

@@ -16,7 +16,7 @@ from . import correlation
 from .correlation import Verdict
 from .db import execute, write_tx
 from .models import Callback, Message
-from .providers.base import CallbackRequest, Provider
+from .providers.base import POLL_METHOD, CallbackRequest, Provider
 
 
 @dataclass
@@ -74,7 +74,20 @@ def replay(callback: Callback, providers: dict[str, Provider], *, dry_run: bool)
     if provider is None:
         result.note = "provider not configured; skipped"
         return result
-    parsed = provider.parse_callback(_as_request(callback))
+    if callback.method == POLL_METHOD:
+        result.note = "a poll answer: the poll job asks again instead"
+        return result
+    request = _as_request(callback)
+    problem = provider.verify(request)
+    if problem:  # still failing its signature (with the secret configured now)
+        result.new_verdict = Verdict.UNAUTHORIZED.value
+        result.note = problem + ("; dry run: nothing written" if dry_run else "")
+        if not dry_run:
+            with write_tx():
+                execute("UPDATE callback SET verdict = ?, detail = ? WHERE id = ?",
+                        (Verdict.UNAUTHORIZED.value, problem, callback.id))
+        return result
+    parsed = provider.parse_callback(request)
     try:
         with write_tx():
             before = _statuses(parsed.receipts)

@@ -44,6 +44,9 @@ def message_detail(message_id: int) -> dict[str, Any]:
         "to": m.recipient,
         "from": m.sender,
         "text": m.text,
+        "encoding": m.encoding,
+        "segments": m.segments,
+        "failover": m.route.split(",") if m.route else [],  # providers still to try
         "error_code": m.error_code,
         "error_detail": m.error_detail,
         "attempts": m.attempts,
@@ -51,6 +54,7 @@ def message_detail(message_id: int) -> dict[str, Any]:
         "created_at": iso(m.created_at),
         "submitted_at": iso(m.submitted_at),
         "status_at": iso(m.status_at),
+        "expires_at": iso(m.expires_at),
         "updated_at": iso(m.updated_at),
         "events": [event_dict(e) for e in timeline(message_id)],
     }

@@ -39,6 +39,8 @@ class Worker:
                                id="lease", name="lease", next_run_time=_now())
         self._every("dispatch", jobs.dispatch, cfg["dispatch_interval_seconds"])
         self._every("rematch_orphans", jobs.rematch_orphans, cfg["orphan_rematch_seconds"])
+        self._every("poll", jobs.poll, cfg["poll_interval_seconds"])
+        self._every("expire", jobs.expire, cfg["expire_interval_seconds"])
 
     def _every(self, name: str, job: Callable[[Flask], object], seconds: float) -> None:
         self.scheduler.add_job(self._guarded, "interval", seconds=seconds, id=name, name=name,

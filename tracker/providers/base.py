@@ -86,6 +86,11 @@ class OutboundMessage:
     validity: timedelta | None = None  # how long the provider should keep trying
 
 
+# Poll answers are stored beside callbacks (so the timeline links every receipt to the raw text
+# behind it) with this pseudo-method; replay skips them.
+POLL_METHOD = "POLL"
+
+
 @dataclass(frozen=True)
 class PollTarget:
     """One message a poll asks about."""

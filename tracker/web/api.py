@@ -66,6 +66,22 @@ def get_message(ident: str) -> Any:
     return jsonify(reporting.message_detail(message_id))
 
 
+@bp.delete("/messages/<ident>")
+@require_key
+def cancel_message(ident: str) -> Any:
+    """Cancel a message not yet submitted: 200 with it; 409 once a send has started."""
+    message_id = reporting.resolve_message_id(ident)
+    if message_id is None:
+        return error(404, "not_found", f"no message {ident!r}")
+    try:
+        sending.cancel(message_id, source="api")
+    except sending.NotCancelable as exc:
+        return error(409, "not_cancelable", f"message {ident} is {exc.status}: only a queued or "
+                     "scheduled message that no dispatcher is sending can be canceled",
+                     status=exc.status)
+    return jsonify(reporting.message_detail(message_id))
+
+
 def init_app(app: Flask) -> None:
     """Register the blueprint; HTTP errors under /api/ answer JSON, routing errors included."""
     app.register_blueprint(bp)

@@ -22,7 +22,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
 from .. import correlation, ingest
-from ..db import UNAVAILABLE_ERRORS, db, execute, is_sqlite, write_tx
+from ..db import UNAVAILABLE_ERRORS, db, is_sqlite, write_tx
 from ..models import utcnow
 from ..providers.base import CallbackRequest, ParsedCallback, Provider
 
@@ -82,6 +82,13 @@ class CallbackEndpoint:
 
 def _acknowledge(provider: str, request: Request, raw: CallbackRequest,
                  handler: Provider) -> Response:
+    problem = handler.verify(raw)
+    if problem:  # kept (a wrong secret on our side can be fixed, then the callback replayed)
+        row = _callback_row(provider, request, raw, utcnow())
+        with write_tx():
+            ingest.insert_callback(row, correlation.Verdict.UNAUTHORIZED, problem)
+        log.warning("callback from %s failed its signature check: %s", provider, problem)
+        return _plain(f"OK {correlation.Verdict.UNAUTHORIZED.value}", 200)
     try:
         verdict = _store_and_apply(provider, request, raw, handler.parse_callback(raw))
     except UNAVAILABLE_ERRORS:
@@ -136,7 +143,7 @@ def _store_and_apply(provider: str, request: Request, raw: CallbackRequest,
                                               received_at=received_at) for r in receipts]
         verdict = correlation.callback_verdict(outcomes) if receipts else expected
         if verdict != expected:  # a batch's verdict is known once its receipts are applied
-            execute("UPDATE callback SET verdict = ? WHERE id = ?", (verdict.value, callback_id))
+            ingest.set_verdict(callback_id, verdict)
     return verdict.value
 
 
