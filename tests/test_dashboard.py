@@ -83,6 +83,7 @@ def test_list_filter_search_and_message_page(client, staff) -> None:
     html = page.get_data(as_text=True)
     assert page.status_code == 200
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert" not in html
+    assert "<dt>Encoding</dt><dd>GSM-7, 1 segment</dd>" in html
     assert "Message Sent/Delivered" in html  # the raw callback behind the event
     assert "Why not applied: message is already final (delivered)" in html
     assert page.headers["Content-Security-Policy"].startswith("default-src 'self'")

@@ -184,9 +184,8 @@ def _slow(sky: SkycoreStandIn, app: Flask) -> None:
     (lambda sky, app: sky.script(Reply.failure("E106")), 1, "E106"),
     (lambda sky, app: sky.script(Reply.http_error(500)), 1, None),
     (lambda sky, app: sky.script(Reply.http_error(503, b"<html>down</html>")), 1, None),
-    (_refused, 0, None),
-    (_slow, 1, None),
-], ids=["E106-rate-limit", "http-500", "http-503", "connection-refused", "read-timeout"])
+    (_refused, 0, "UNREACHABLE"),
+], ids=["E106-rate-limit", "http-500", "http-503", "connection-refused"])
 def test_transient_failure_is_retried_later(app: Flask, sky: SkycoreStandIn, setup: Any,
                                             requests_seen: int, error_code: str | None) -> None:
     setup(sky, app)
@@ -205,6 +204,32 @@ def test_transient_failure_is_retried_later(app: Flask, sky: SkycoreStandIn, set
     assert "attempt 1 failed" in retry.detail
     assert len(sky.requests) == requests_seen
     assert dispatch(app) == 0  # not due yet
+
+
+def test_timeout_after_the_request_was_sent_is_unknown_not_resent(app: Flask,
+                                                                   sky: SkycoreStandIn) -> None:
+    _slow(sky, app)
+    message = queue()
+    assert dispatch(app) == 1
+    stored = reload(message)
+    assert (stored.status, stored.error_code, stored.due_at, stored.claimed_until) == (
+        "unknown", "NO_ANSWER", None, None)
+    last = events(message)[-1]
+    assert (last.kind, last.status) == ("send_unknown", "unknown")
+    assert "not resent" in last.detail
+    assert dispatch(app) == 0  # never picked up again
+    assert len(sky.requests) == 1
+    # Skycore did take it: its postback (by TRACKINGID) cannot find the message, but a poll or
+    # a receipt matched by reference can still move it on from `unknown`.
+    from tracker import correlation
+    from tracker.db import write_tx
+    from tracker.providers.base import Receipt
+    from tracker.status import Status
+    with write_tx():
+        correlation.apply_receipt(Receipt(provider="skycore", status=Status.DELIVERED,
+                                          reference=stored.reference, dedupe_key="d1"),
+                                  source="test")
+    assert reload(message).status == "delivered"
 
 
 def test_gives_up_after_max_attempts(app: Flask, sky: SkycoreStandIn) -> None:

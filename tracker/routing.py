@@ -78,6 +78,10 @@ def choose(to: str, routes: dict[str, tuple[str, ...]], default_provider: str,
 
 def _country(to: str) -> str | None:
     try:
-        return phonenumbers.region_code_for_number(phonenumbers.parse(to, None))
+        number = phonenumbers.parse(to, None)
     except phonenumbers.NumberParseException:
         return None
+    # A number the metadata cannot place (new ranges, +1 555 test numbers) goes by the main
+    # country of its calling code.
+    return (phonenumbers.region_code_for_number(number)
+            or phonenumbers.region_code_for_country_code(number.country_code))

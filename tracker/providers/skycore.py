@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 from xml.etree.ElementTree import Element
 
-import httpx
-
 from .. import safexml
 from ..status import Status
 from .base import (
@@ -118,13 +116,11 @@ class SkycoreProvider(Provider):
             ("CAMPAIGNREF", self.config.get("campaign_ref")),
             ("TEXT", message.text),
         ])
-        try:
-            response = self.client.post(self.config["base_url"], data={"xml": payload})
-        except httpx.HTTPError as exc:
-            raise SendError(f"Skycore unreachable: {exc}", permanent=False) from exc
+        response = self.request("POST", self.config["base_url"], data={"xml": payload})
         raw = response.text
         if response.status_code >= 500:
-            raise SendError(f"Skycore HTTP {response.status_code}", permanent=False, raw=raw)
+            raise SendError(f"Skycore HTTP {response.status_code}", permanent=False, raw=raw,
+                            provider_side=True)
         return self._read_send_response(response.content, raw)
 
     def _read_send_response(self, content: bytes, raw: str) -> SendResult:
@@ -142,9 +138,11 @@ class SkycoreProvider(Provider):
         if code in REJECT_CODES:
             raise SendError(detail, permanent=True, status=Status.REJECTED, code=code, raw=raw)
         if code in RETRY_CODES:
-            raise SendError(detail, permanent=False, code=code, raw=raw)
-        # FAIL_CODES and anything undocumented: an account/config problem, not worth a retry.
-        raise SendError(detail, permanent=True, status=Status.FAILED, code=code or None, raw=raw)
+            raise SendError(detail, permanent=False, code=code, raw=raw, provider_side=True)
+        # FAIL_CODES and anything undocumented: an account/config problem, not worth a retry
+        # here, but another provider may take the message.
+        raise SendError(detail, permanent=True, status=Status.FAILED, code=code or None, raw=raw,
+                        provider_side=True)
 
     # -- postbacks -----------------------------------------------------------------------
 

@@ -16,9 +16,9 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
 
 
-def error(status: int, code: str, message: str, **extra: Any) -> tuple[Response, int]:
+def error(http_status: int, code: str, message: str, **extra: Any) -> tuple[Response, int]:
     """The one error shape: {"error": {"code", "message", ...}}."""
-    return jsonify({"error": {"code": code, "message": message, **extra}}), status
+    return jsonify({"error": {"code": code, "message": message, **extra}}), http_status
 
 
 def require_key(view):  # type: ignore[no-untyped-def]

@@ -1,0 +1,324 @@
+"""What production sending needs, on both databases and over real HTTP where a provider speaks:
+encoding and segments, routing and failover, cancel, the shared rate limit, polling, expiry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import SKYCORE, build_app, make_config
+from flask import Flask
+from standins.mobizon import MobizonStandIn
+from standins.skycore import Reply, SkycoreStandIn
+
+from tracker import correlation, expiry, polling, routing, segments, sending
+from tracker.db import db, write_tx
+from tracker.models import Callback, Event, Message, utcnow
+from tracker.providers.base import Receipt
+from tracker.settings import ConfigError
+from tracker.status import Status
+
+MOBIZON_KEY = "kz0123456789abcdef0123456789abcdef01234567"
+
+
+# -- encoding and segments (pure) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "encoding", "count"), [
+    ("", "GSM-7", 0),
+    ("a" * 160, "GSM-7", 1),
+    ("a" * 161, "GSM-7", 2),
+    ("a" * 306, "GSM-7", 2),
+    ("a" * 307, "GSM-7", 3),
+    ("€" * 80, "GSM-7", 1),  # extension characters count double: 160 septets
+    ("€" * 81, "GSM-7", 2),
+    ("a" * 152 + "€" + "a" * 10, "GSM-7", 2),  # the ESC pair moves whole to segment 2
+    # 306 septets would fit two segments of 153, but the pair may not straddle them: three.
+    ("a" * 152 + "€" + "a" * 152, "GSM-7", 3),
+    ("Ваш код 1234", "UCS-2", 1),
+    ("я" * 70, "UCS-2", 1),
+    ("я" * 71, "UCS-2", 2),
+    ("я" * 134, "UCS-2", 2),
+    ("я" * 135, "UCS-2", 3),
+    ("😀" * 35, "UCS-2", 1),  # outside the BMP: two UTF-16 units each
+    ("😀" * 36, "UCS-2", 2),
+    ("Grüße ÄÖÜ ñ à é @£$¥", "GSM-7", 1),  # all in the GSM basic table
+    ("ç", "UCS-2", 1),  # lower-case c-cedilla is not in it (only Ç is)
+])
+def test_encoding_and_segment_count(text: str, encoding: str, count: int) -> None:
+    shape = segments.segment(text)
+    assert (shape.encoding, shape.segments) == (encoding, count)
+
+
+# -- routing (pure) ----------------------------------------------------------------------------
+
+PROVIDERS = {"fake": {}, "skycore": {}, "mobizon": {}}
+
+
+def test_route_by_longest_prefix_then_country_then_default() -> None:
+    routes = routing.validate({"+7": ["mobizon", "fake"], "+7701": ["skycore"], "us": "skycore",
+                               "default": ["fake"]}, PROVIDERS)
+    assert routes["US"] == ("skycore",)  # keys normalized, comma strings (env vars) accepted
+    assert routing.choose("+77011234567", routes, "fake").providers == ("skycore",)
+    assert routing.choose("+77771234567", routes, "fake") == routing.Route(
+        ("mobizon", "fake"), "route +7")
+    assert routing.choose("+15551234888", routes, "fake").rule == "route US"
+    assert routing.choose("+380501234567", routes, "fake").rule == "route default"
+    assert routing.choose("+380501234567", {}, "fake") == routing.Route(("fake",),
+                                                                        "default_provider")
+    # A provider named in the request is used alone: never sent elsewhere behind the caller.
+    assert routing.choose("+77011234567", routes, "fake", "mobizon") == routing.Route(
+        ("mobizon",), routing.EXPLICIT)
+
+
+@pytest.mark.parametrize(("routes", "message"), [
+    ({"+7": ["nope"]}, "routes.+7: provider 'nope' has no [providers.nope] table"),
+    ({"Kazakhstan": ["fake"]}, "routes.Kazakhstan: key must be"),
+    ({"+7": []}, "routes.+7: expected a list of provider names"),
+    ({"+7": ["fake", "fake"]}, "routes.+7: a provider is listed twice"),
+])
+def test_bad_routes_name_the_key(routes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("+", r"\+")):
+        routing.validate(routes, PROVIDERS)
+
+
+# -- against real stand-ins, on both databases ---------------------------------------------------
+
+
+@pytest.fixture
+def sky() -> Iterator[SkycoreStandIn]:
+    with SkycoreStandIn(api_key=SKYCORE["api_key"]) as stand_in:
+        yield stand_in
+
+
+@pytest.fixture
+def mob() -> Iterator[MobizonStandIn]:
+    with MobizonStandIn(api_key=MOBIZON_KEY) as stand_in:
+        yield stand_in
+
+
+def _config(database_url: str, sky: SkycoreStandIn, mob: MobizonStandIn,
+            **skycore: Any) -> dict[str, Any]:
+    return make_config(
+        database_url,
+        providers={
+            "fake": {"callback_token": "fake-token"},
+            "skycore": {**SKYCORE, "base_url": sky.url, **skycore},
+            "mobizon": {"api_key": MOBIZON_KEY, "base_url": mob.url,
+                        "callback_token": "mz-token", "poll_after_seconds": 0},
+        },
+        routes={"+1": ["skycore", "mobizon"], "default": ["mobizon"]},
+    )
+
+
+@pytest.fixture
+def app(database_url: str, sky: SkycoreStandIn, mob: MobizonStandIn) -> Iterator[Flask]:
+    flask_app = build_app(_config(database_url, sky, mob))
+    with flask_app.app_context():
+        db.connect(reuse_if_open=True)
+        yield flask_app
+        for provider in flask_app.extensions["providers"].values():
+            provider.client.close()
+        if not db.is_closed():
+            db.close()
+    if hasattr(db.obj, "close_all"):
+        db.obj.close_all()
+
+
+def send(app: Flask, to: str = "+15551234888", **data: Any) -> Message:
+    cfg = app.config["TRACKER"]
+    new = sending.validate({"to": to, "text": "Your code is 1234", **data},
+                           providers=app.extensions["providers"],
+                           default_provider=cfg["default_provider"], routes=cfg["routes"])
+    return sending.enqueue(new, source="test")
+
+
+def dispatch(app: Flask) -> int:
+    return sending.dispatch(app.extensions["providers"], batch_size=10, max_attempts=3,
+                            backoff_seconds=30)
+
+
+def timeline(message: Message) -> list[tuple[str, str | None, str | None]]:
+    return [(e.kind, e.provider, e.status) for e in
+            Event.select().where(Event.message == message.id).order_by(Event.id)]
+
+
+def test_provider_side_failure_fails_over_to_the_next_provider(
+        app: Flask, sky: SkycoreStandIn, mob: MobizonStandIn) -> None:
+    sky.script(Reply.failure("E713"))  # billing problem on our Skycore account
+    message = send(app)
+    stored = Message.get_by_id(message.id)
+    assert (stored.provider, stored.route, stored.encoding, stored.segments) == (
+        "skycore", "mobizon", "GSM-7", 1)
+    assert dispatch(app) == 1
+    stored = Message.get_by_id(message.id)
+    assert (stored.provider, stored.route, stored.status, stored.attempts) == (
+        "mobizon", None, "queued", 0)
+    assert dispatch(app) == 1  # due at once, through Mobizon now
+    assert [r["recipient"] for r in mob.calls()] == ["15551234888"]
+    stored = Message.get_by_id(message.id)
+    assert (stored.status, stored.provider) == ("accepted", "mobizon")
+    events = timeline(message)
+    assert events == [("created", "skycore", "queued"), ("routed", "skycore", None),
+                      ("failover", "mobizon", None), ("submitted", "mobizon", "accepted")]
+    failover = Event.get((Event.message == message.id) & (Event.kind == "failover"))
+    assert failover.error_code == "E713"
+    assert failover.detail.startswith("skycore failed (E713: ")
+
+
+def test_recipient_side_rejection_never_fails_over(app: Flask, sky: SkycoreStandIn,
+                                                   mob: MobizonStandIn) -> None:
+    sky.script(Reply.failure("E110"))  # invalid receiver number
+    message = send(app)
+    dispatch(app)
+    dispatch(app)
+    stored = Message.get_by_id(message.id)
+    assert (stored.status, stored.provider, stored.error_code) == ("rejected", "skycore", "E110")
+    assert mob.calls() == []
+
+
+def test_cancel_before_submission_then_409_after(app: Flask, sky: SkycoreStandIn,
+                                                 mob: MobizonStandIn, api_key: str) -> None:
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {api_key}"}
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    created = client.post("/api/v1/messages", headers=auth, json={
+        "to": "+15551234888", "text": "later", "send_at": later})
+    assert created.json["status"] == "scheduled"
+    assert (created.json["encoding"], created.json["segments"], created.json["failover"]) == (
+        "GSM-7", 1, ["mobizon"])
+    ident = created.json["id"]
+    assert dispatch(app) == 0  # not due
+    canceled = client.delete(f"/api/v1/messages/{ident}", headers=auth)
+    assert canceled.status_code == 200
+    assert canceled.json["status"] == "canceled"
+    assert [e["kind"] for e in canceled.json["events"]][-1] == "canceled"
+    again = client.delete(f"/api/v1/messages/{ident}", headers=auth)
+    assert (again.status_code, again.json["error"]["code"], again.json["error"]["status"]) == (
+        409, "not_cancelable", "canceled")
+
+    now = client.post("/api/v1/messages", headers=auth, json={"to": "+15551234888", "text": "x"})
+    dispatch(app)
+    late = client.delete(f"/api/v1/messages/{now.json['id']}", headers=auth)
+    assert (late.status_code, late.json["error"]["status"]) == (409, "accepted")
+    assert client.delete("/api/v1/messages/999999", headers=auth).status_code == 404
+    assert client.delete(f"/api/v1/messages/{ident}").status_code == 401
+    assert len(sky.requests) == 1  # the canceled one never went out
+
+
+def test_a_message_being_sent_cannot_be_canceled(app: Flask) -> None:
+    message = send(app)
+    [claimed] = sending.claim_due(10)  # a dispatcher holds it: it may be on the wire now
+    assert claimed.id == message.id
+    with pytest.raises(sending.NotCancelable):
+        sending.cancel(message.id, source="test")
+    assert Message.get_by_id(message.id).status == "queued"
+
+
+def test_poll_applies_answers_through_correlation_and_keeps_the_raw_answer(
+        app: Flask, mob: MobizonStandIn) -> None:
+    message = send(app, to="+77011234567")  # route default: mobizon
+    dispatch(app)
+    stored = Message.get_by_id(message.id)
+    assert stored.status == "accepted" and stored.poll_at is not None
+    mobizon = app.extensions["providers"]["mobizon"]
+    later = utcnow() + dt.timedelta(seconds=1)
+    mob.set_status(stored.provider_message_id, "DELIVRD")
+    assert polling.poll_provider(mobizon, now=later) == 1
+    stored = Message.get_by_id(message.id)
+    assert stored.status == "delivered"
+    receipt = Event.get((Event.message == message.id) & (Event.kind == "receipt"))
+    assert (receipt.source, receipt.status, receipt.applied) == ("poll", "delivered", True)
+    raw = Callback.get_by_id(receipt.callback_id)
+    assert (raw.method, raw.provider, raw.verdict) == ("POLL", "mobizon", "applied")
+    assert stored.provider_message_id in bytes(raw.body).decode()
+    [status_call] = mob.calls("getSMSStatus")
+    assert status_call.ids() == [stored.provider_message_id]
+    # Final now: never polled again.
+    assert polling.poll_provider(mobizon, now=later + dt.timedelta(days=1)) == 0
+    assert len(mob.calls("getSMSStatus")) == 1
+
+
+def test_poll_waits_its_interval_and_a_failing_provider_is_not_hammered(
+        app: Flask, mob: MobizonStandIn) -> None:
+    message = send(app, to="+77011234567")
+    dispatch(app)
+    mobizon = app.extensions["providers"]["mobizon"]
+    start = utcnow() + dt.timedelta(seconds=1)
+    mob.stop()  # unreachable: PollError, logged
+    assert polling.poll_provider(mobizon, now=start) == 0
+    poll_at = Message.get_by_id(message.id).poll_at
+    assert poll_at >= start + dt.timedelta(seconds=mobizon.config["poll_interval_seconds"])
+    assert polling.due("mobizon", start + dt.timedelta(seconds=5), 100) == []
+
+
+def test_expiry_is_inferred_and_a_late_final_receipt_overrides_it(app: Flask,
+                                                                  sky: SkycoreStandIn) -> None:
+    message = send(app)
+    dispatch(app)
+    stored = Message.get_by_id(message.id)
+    validity = dt.timedelta(minutes=app.extensions["providers"]["skycore"]
+                            .config["validity_minutes"])
+    assert stored.expires_at - stored.submitted_at == validity
+    assert expiry.expire_overdue(now=utcnow()) == 0  # not yet
+    assert expiry.expire_overdue(now=stored.expires_at + dt.timedelta(seconds=1)) == 1
+    stored = Message.get_by_id(message.id)
+    assert (stored.status, stored.status_inferred) == ("expired", True)
+    assert expiry.expire_overdue(now=stored.expires_at + dt.timedelta(days=1)) == 0
+    with write_tx():
+        outcome = correlation.apply_receipt(Receipt(
+            provider="skycore", status=Status.DELIVERED,
+            provider_message_id=stored.provider_message_id, dedupe_key="late-n202"),
+            source="test")
+    assert outcome.verdict == correlation.Verdict.APPLIED
+    stored = Message.get_by_id(message.id)
+    assert (stored.status, stored.status_inferred) == ("delivered", False)
+    assert [k for k, _p, _s in timeline(message)][-2:] == ["expired", "receipt"]
+
+
+# -- the rate limit, shared by dispatcher processes ------------------------------------------------
+
+
+def _dispatch_rate_limited(database_url: str, sky_url: str, mob_url: str, barrier: Any) -> None:
+    app = build_app(_config(database_url, _Url(sky_url), _Url(mob_url),
+                            rate_limit_per_second=20.0))
+    barrier.wait(timeout=60)
+    with app.app_context(), db.connection_context():
+        while dispatch(app):
+            pass
+    for provider in app.extensions["providers"].values():
+        provider.client.close()
+
+
+class _Url:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+def test_rate_limit_holds_across_dispatcher_processes(database_url: str, sky: SkycoreStandIn,
+                                                      mob: MobizonStandIn) -> None:
+    app = build_app(_config(database_url, sky, mob, rate_limit_per_second=20.0))
+    with app.app_context(), db.connection_context():
+        for i in range(24):
+            send(app, to=f"+1555123{i:04d}")
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_dispatch_rate_limited,
+                         args=(database_url, sky.url, mob.url, barrier)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=90)
+    assert [p.exitcode for p in procs] == [0, 0]
+    arrivals = sorted(r.received_at for r in sky.requests)
+    assert len(arrivals) == 24
+    # 20 per second: 24 sends need at least 23 intervals of 50 ms between their starts.
+    assert arrivals[-1] - arrivals[0] >= 23 * 0.05 * 0.9
+    # Slots are 50 ms apart; a send may start a little after its slot (lock, HTTP), so two
+    # can land close together, but no half-second window ever holds more than its share.
+    busiest = max(sum(1 for t in arrivals if start <= t < start + 0.5) for start in arrivals)
+    assert busiest <= 10 + 2, arrivals
