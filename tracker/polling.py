@@ -1,7 +1,9 @@
 """The poll job: ask providers with a status API about messages still not final.
 
-A message becomes due for polling `poll_after_seconds` after submission (or after an unknown
-send outcome) and then every `poll_interval_seconds` while it is not final. Answers go through
+A message becomes due for polling `poll_after_seconds` after submission and then every
+`poll_interval_seconds` while it is not final. Every status API here asks by the provider's
+message id, so a send whose outcome is unknown (no id came back) cannot be polled: a receipt
+matched by our reference or expiry settles it. Answers go through
 the same correlation path as callbacks (source `poll`), and each raw answer is stored beside
 the callbacks (method POLL), so the timeline shows what every polled receipt came from.
 """
@@ -52,7 +54,7 @@ def due(provider: str, now: dt.datetime, limit: int) -> list[PollTarget]:
     rows = (Message.select(Message.id, Message.reference, Message.provider_message_id,
                            Message.recipient)
             .where((Message.provider == provider) & (Message.status_rank < 3)
-                   & (Message.poll_at <= now))
+                   & (Message.poll_at <= now) & Message.provider_message_id.is_null(False))
             .order_by(Message.poll_at).limit(limit).tuples())
     return [PollTarget(message_id=i, reference=ref, provider_message_id=pmid, to=to)
             for i, ref, pmid, to in rows]

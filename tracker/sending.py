@@ -169,7 +169,7 @@ def dispatch(providers: dict[str, Provider], *, batch_size: int, max_attempts: i
             result = provider.send(outbound_for(message, provider))
         except SendError as exc:
             if exc.outcome_unknown:
-                record_unknown(message, exc, provider)
+                record_unknown(message, exc)
             elif exc.provider_side and message.route:
                 fail_over(message, exc, providers)
             else:
@@ -276,14 +276,13 @@ def record_failure(message: Message, error: SendError, *, max_attempts: int,
                             f"next at {retry_at:%H:%M:%S} UTC")
 
 
-def record_unknown(message: Message, error: SendError, provider: Provider | None) -> None:
+def record_unknown(message: Message, error: SendError) -> None:
     """The request may have reached the provider: never resend blindly. The message waits as
-    `unknown` for a receipt (matched by our reference where the provider echoes it), a poll,
-    or, failing both, expiry."""
+    `unknown` for a receipt (matched by our reference where the provider echoes it: Mobivate,
+    AlphaSMS) or, failing that, expiry. Polls ask by provider id, which we never got."""
     now = utcnow()
     with write_tx():
         Message.update(due_at=None, claimed_until=None, updated_at=now,
-                       poll_at=_first_poll(provider, now) if provider else None,
                        ).where(Message.id == message.id).execute()
         applied = correlation.set_status(message.id, Status.UNKNOWN, error_code=error.code,
                                          detail=error.detail)
