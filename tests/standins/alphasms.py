@@ -27,17 +27,17 @@ import dataclasses
 import datetime as dt
 import itertools
 import json
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 import httpx
+
+from .base import StandIn, StandInHandler
 
 SEND_PATH = "/api/http.php"
 FIRST_ID = 84523377  # the seed's example id
@@ -140,105 +140,44 @@ class StoredMessage:
 # -- the server --------------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() joins the handler threads
-    block_on_close = True
-    stand_in: AlphaSmsStandIn
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    timeout = 10
-    protocol_version = "HTTP/1.0"  # one request per connection, closed after the answer
-
+class _Handler(StandInHandler):
     def do_GET(self) -> None:
         self.server.stand_in._handle(self, "query", _fields(urlsplit(self.path).query), "")
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self.read_body()
         content_type = self.headers.get("Content-Type", "")
         # PHP reads both: URL parameters, then the form body over them.
         fields = {**_fields(urlsplit(self.path).query), **_fields(body.decode("utf-8"))}
         self.server.stand_in._handle(self, "form", fields, content_type)
-
-    def send_bytes(self, status: int, body: bytes, content_type: str = "text/html") -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (e.g. its read timeout beat a slow answer)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 def _fields(text: str) -> dict[str, str]:
     return {k: v[-1] for k, v in parse_qs(text, keep_blank_values=True).items()}
 
 
-class AlphaSmsStandIn:
-    """The stand-in server; use as a context manager (or start()/stop())."""
+class AlphaSmsStandIn(StandIn[ApiRequest]):
+    """The stand-in server; use as a context manager (or start()/stop()).
+
+    `url` is the http.php endpoint, for providers.alphasms.base_url."""
+
+    handler_class = _Handler
+    thread_name = "alphasms-stand-in"
+    url_path = SEND_PATH
 
     def __init__(self, *, api_key: str | None = None, login: str | None = None,
                  password: str | None = None) -> None:
+        super().__init__()
         self.api_key = api_key  # when set (or login/password), other credentials are refused
         self.login = login
         self.password = password
         # Called with each send request before it is answered (e.g. to call the hook before
         # the answer). Exceptions are kept in hook_errors, and the answer is a 500.
         self.on_request: Callable[[ApiRequest], None] | None = None
-        self.hook_errors: list[BaseException] = []
         self.messages: dict[str, StoredMessage] = {}
-        self._lock = threading.Lock()
-        self._requests: list[ApiRequest] = []
         self._script: deque[Reply] = deque()
         self._receive_script: deque[Reply] = deque()
         self._ids = itertools.count(FIRST_ID)
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # lifecycle
-
-    def start(self) -> AlphaSmsStandIn:
-        """Listen on 127.0.0.1, a free port, in a background thread."""
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.stand_in = self
-        self._server = server
-        self._stopping.clear()
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="alphasms-stand-in", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, cut slow answers short, close the socket, join every thread."""
-        if self._server is None:
-            return
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> AlphaSmsStandIn:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """The http.php endpoint, for providers.alphasms.base_url."""
-        assert self._server is not None, "stand-in not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}{SEND_PATH}"
 
     # scripting and inspection
 
@@ -259,23 +198,15 @@ class AlphaSmsStandIn:
             stored.code = code
             stored.status_time = at or dt.datetime.now(dt.UTC)
 
-    @property
-    def requests(self) -> list[ApiRequest]:
-        """Every request received so far, in arrival order."""
-        with self._lock:
-            return list(self._requests)
-
     def wait_for_requests(self, count: int, timeout: float = 10.0,
                           command: str = "send") -> list[ApiRequest]:
         """Block until at least `count` requests with this command arrived."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            seen = [r for r in self.requests if r.command == command]
-            if len(seen) >= count:
-                return seen
-            time.sleep(0.02)
-        raise AssertionError(f"stand-in saw {len(self.requests)} requests, expected {count} "
-                             f"{command!r} within {timeout} s")
+        def seen() -> list[ApiRequest]:
+            return [r for r in self.requests if r.command == command]
+
+        return self._wait_for(seen, count, timeout, lambda: (
+            f"stand-in saw {len(self.requests)} requests, expected {count} "
+            f"{command!r} within {timeout} s"))
 
     # request handling (handler threads)
 
@@ -297,21 +228,13 @@ class AlphaSmsStandIn:
             gateway_id = (reply.gateway_id if reply else None) or str(next(self._ids))
             request = dataclasses.replace(request, gateway_id=gateway_id)
         self._record(request)
-        if command == "send" and self.on_request is not None:
-            try:
-                self.on_request(request)
-            except Exception as exc:  # reported to the test through hook_errors
-                self.hook_errors.append(exc)
-                handler.send_bytes(500, b"stand-in hook failed")
-                return
+        if command == "send" and self._hook_failed(handler, self.on_request, request,
+                                                   "text/html"):
+            return
         if reply is not None and reply.delay:
             self._stopping.wait(reply.delay)
         status, body = self._answer(request, refusal, reply)
         handler.send_bytes(status, body)
-
-    def _record(self, request: ApiRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
 
     def _answer(self, request: ApiRequest, refusal: str | None,
                 reply: Reply | None) -> tuple[int, bytes]:

@@ -27,17 +27,17 @@ import dataclasses
 import datetime as dt
 import json
 import secrets
-import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
+
+from .base import StandIn, StandInHandler
 
 SEND_PATH = "/send/single"
 MESSAGE_PATH = "/message/"
@@ -178,41 +178,15 @@ class SentMessage:
 # -- the server --------------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() joins the handler threads
-    block_on_close = True
-    stand_in: MobivateStandIn
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    timeout = 10
-    protocol_version = "HTTP/1.0"  # one request per connection, closed after the answer
-
+class _Handler(StandInHandler):
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        self.server.stand_in._handle(self, "POST", body)
+        self.server.stand_in._handle(self, "POST", self.read_body())
 
     def do_GET(self) -> None:
         self.server.stand_in._handle(self, "GET", b"")
 
     def send_json(self, status: int, payload: Any) -> None:
         self.send_bytes(status, json.dumps(payload).encode(), "application/json")
-
-    def send_bytes(self, status: int, body: bytes, content_type: str) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (e.g. its read timeout beat a slow answer)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 def _envelope(http_status: int, name: str, obj: str | None = None) -> dict[str, Any]:
@@ -222,63 +196,26 @@ def _envelope(http_status: int, name: str, obj: str | None = None) -> dict[str, 
     return {"success": False, "error": error}
 
 
-class MobivateStandIn:
-    """The stand-in server; use as a context manager (or start()/stop())."""
+class MobivateStandIn(StandIn[SendRequest]):
+    """The stand-in server; use as a context manager (or start()/stop()).
+
+    `url` is the API base URL, for providers.mobivate.base_url."""
+
+    handler_class = _Handler
+    thread_name = "mobivate-stand-in"
 
     def __init__(self, *, api_key: str | None = None, default: Reply | None = None,
                  lookup_record_ids: bool = True) -> None:
+        super().__init__()
         self.api_key = api_key  # when set, another Bearer key gets the seed's 403
         self.default = default or Reply.success()
         self.lookup_record_ids = lookup_record_ids  # GET /message/{UUID} finds the message
         # Called with each send request before it is answered (e.g. to post a receipt that
         # beats the send answer). Exceptions are kept in hook_errors, the answer is a 500.
         self.on_send: Callable[[SentMessage], None] | None = None
-        self.hook_errors: list[BaseException] = []
-        self._lock = threading.Lock()
-        self._requests: list[SendRequest] = []
         self._messages: list[SentMessage] = []
         self._script: deque[Reply] = deque()
         self._lookup_script: deque[Reply] = deque()
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # lifecycle
-
-    def start(self) -> MobivateStandIn:
-        """Listen on 127.0.0.1, a free port, in a background thread."""
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.stand_in = self
-        self._server = server
-        self._stopping.clear()
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="mobivate-stand-in", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, cut slow answers short, close the socket, join every thread."""
-        if self._server is None:
-            return
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> MobivateStandIn:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """The API base URL, for providers.mobivate.base_url."""
-        assert self._server is not None, "stand-in not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     # scripting and inspection
 
@@ -291,12 +228,6 @@ class MobivateStandIn:
         """Answer the next GET /message requests with these (error or http) replies."""
         with self._lock:
             self._lookup_script.extend(replies)
-
-    @property
-    def requests(self) -> list[SendRequest]:
-        """Every request received so far (sends and lookups), in arrival order."""
-        with self._lock:
-            return list(self._requests)
 
     @property
     def sends(self) -> list[SendRequest]:
@@ -326,22 +257,16 @@ class MobivateStandIn:
 
     def wait_for_messages(self, count: int, timeout: float = 10.0) -> list[SentMessage]:
         """Block until at least `count` messages were accepted; fail after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            seen = self.messages
-            if len(seen) >= count:
-                return seen
-            time.sleep(0.02)
-        raise AssertionError(f"stand-in accepted {len(self.messages)} messages, expected "
-                             f"{count} within {timeout} s ({len(self.sends)} sends seen)")
+        return self._wait_for(lambda: self.messages, count, timeout, lambda: (
+            f"stand-in accepted {len(self.messages)} messages, expected "
+            f"{count} within {timeout} s ({len(self.sends)} sends seen)"))
 
     # request handling (handler threads)
 
     def _handle(self, handler: _Handler, method: str, body: bytes) -> None:
         path = urlsplit(handler.path).path
         request = _read_request(method, handler.path, dict(handler.headers.items()), body)
-        with self._lock:
-            self._requests.append(request)
+        self._record(request)
         if not self._authorized(request):
             handler.send_json(403, _envelope(403, "AuthenticationError"))
         elif method == "POST" and path == SEND_PATH:
@@ -378,13 +303,8 @@ class MobivateStandIn:
         if reply.recipient_count:
             with self._lock:
                 self._messages.append(message)
-        if self.on_send is not None:
-            try:
-                self.on_send(message)
-            except Exception as exc:  # reported to the test through hook_errors
-                self.hook_errors.append(exc)
-                handler.send_bytes(500, b"stand-in hook failed", "text/plain")
-                return
+        if self._hook_failed(handler, self.on_send, message):
+            return
         handler.send_json(200, {"success": True, "record": {
             "id": message.record_id, "type": "SingleSMS",
             "scheduled": message.created.isoformat(timespec="milliseconds").replace(

@@ -30,16 +30,16 @@ import datetime as dt
 import hashlib
 import itertools
 import json
-import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
+
+from .base import StandIn, StandInHandler
 
 SEND = "sendsmsmessage"
 STATUS = "getsmsstatus"
@@ -145,95 +145,33 @@ class SentMessage:
 # -- the server --------------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() joins the handler threads
-    block_on_close = True
-    stand_in: MobizonStandIn
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    timeout = 10
-    protocol_version = "HTTP/1.0"  # one request per connection, closed after the answer
+class _Handler(StandInHandler):
+    content_type = "application/json"
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        self.server.stand_in._handle(self, "POST", body)
+        self.server.stand_in._handle(self, "POST", self.read_body())
 
     def do_GET(self) -> None:
         self.server.stand_in._handle(self, "GET", b"")
 
-    def send_bytes(self, status: int, body: bytes, content_type: str = "application/json"
-                   ) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (e.g. its read timeout beat a slow answer)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+class MobizonStandIn(StandIn[ApiRequest]):
+    """The stand-in server; use as a context manager (or start()/stop()).
 
+    `url` is the API host, for providers.mobizon.base_url."""
 
-class MobizonStandIn:
-    """The stand-in server; use as a context manager (or start()/stop())."""
+    handler_class = _Handler
+    thread_name = "mobizon-stand-in"
 
     def __init__(self, *, api_key: str | None = None) -> None:
+        super().__init__()
         self.api_key = api_key  # when set, another apiKey gets code 8
         # Called with each ApiRequest before it is answered (e.g. to post a webhook that beats
         # the send answer). Exceptions are kept in hook_errors, the answer is then a 500.
         self.on_request: Callable[[ApiRequest], None] | None = None
-        self.hook_errors: list[BaseException] = []
         self.messages: dict[str, SentMessage] = {}
-        self._lock = threading.Lock()
-        self._requests: list[ApiRequest] = []
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
         self._ids = itertools.count(70000000001)
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # lifecycle
-
-    def start(self) -> MobizonStandIn:
-        """Listen on 127.0.0.1, a free port, in a background thread."""
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.stand_in = self
-        self._server = server
-        self._stopping.clear()
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="mobizon-stand-in", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, cut slow answers short, close the socket, join every thread."""
-        if self._server is None:
-            return
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> MobizonStandIn:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """The API host, for providers.mobizon.base_url."""
-        assert self._server is not None, "stand-in not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     # scripting and inspection
 
@@ -254,12 +192,6 @@ class MobizonStandIn:
             if seg_num is not None:
                 sent.seg_num = seg_num
 
-    @property
-    def requests(self) -> list[ApiRequest]:
-        """Every request received so far, in arrival order."""
-        with self._lock:
-            return list(self._requests)
-
     def calls(self, method: str = "sendSmsMessage") -> list[ApiRequest]:
         """The requests for one API method."""
         return [r for r in self.requests if r.method == method.lower()]
@@ -267,14 +199,9 @@ class MobizonStandIn:
     def wait_for_requests(self, count: int, timeout: float = 10.0,
                           method: str = "sendSmsMessage") -> list[ApiRequest]:
         """Block until at least `count` calls of `method` arrived; fail after `timeout` s."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            seen = self.calls(method)
-            if len(seen) >= count:
-                return seen
-            time.sleep(0.02)
-        raise AssertionError(f"stand-in saw {len(self.calls(method))} {method} calls, "
-                             f"expected {count} within {timeout} s")
+        return self._wait_for(lambda: self.calls(method), count, timeout, lambda: (
+            f"stand-in saw {len(self.calls(method))} {method} calls, "
+            f"expected {count} within {timeout} s"))
 
     # request handling (handler threads)
 
@@ -298,13 +225,8 @@ class MobizonStandIn:
             script = self._scripts[method]
             # A call real Mobizon would refuse does not use up a scripted reply.
             reply = Reply.ok() if refusal or not script else script.popleft()
-        if self.on_request is not None:
-            try:
-                self.on_request(request)
-            except Exception as exc:  # reported to the test through hook_errors
-                self.hook_errors.append(exc)
-                handler.send_bytes(500, b"stand-in hook failed", "text/plain")
-                return
+        if self._hook_failed(handler, self.on_request, request):
+            return
         if reply.delay:
             self._stopping.wait(reply.delay)
         if refusal is not None:

@@ -24,12 +24,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote_plus, urlsplit
 from xml.sax.saxutils import escape, quoteattr
@@ -37,6 +35,8 @@ from xml.sax.saxutils import escape, quoteattr
 import httpx
 
 from tracker import safexml
+
+from .base import StandIn, StandInHandler
 
 SEND_PATH = "/API/wxml/1.3/index.php"
 REQUEST_FIELDS = ("ACTION", "API_KEY", "TO", "FROM", "TEXT", "CAMPAIGNREF")
@@ -126,20 +126,11 @@ class SendRequest:
 # -- the server --------------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() joins the handler threads
-    block_on_close = True
-    stand_in: SkycoreStandIn
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    timeout = 10  # a client that connects and sends nothing cannot hold a thread for long
-    protocol_version = "HTTP/1.0"  # one request per connection, closed after the answer
+class _Handler(StandInHandler):
+    content_type = "text/xml"
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self.read_body()
         content_type = self.headers.get("Content-Type", "")
         if "form-urlencoded" in content_type:
             self.server.stand_in._handle(self, "form", form_field(body, "xml"), content_type)
@@ -154,103 +145,33 @@ class _Handler(BaseHTTPRequestHandler):
             method="GET", path=self.path, content_type="", transport="query", xml=b"",
             fields=fields))
 
-    def send_bytes(self, status: int, body: bytes, content_type: str = "text/xml") -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (e.g. its read timeout beat a slow answer)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep test output quiet
+class SkycoreStandIn(StandIn[SendRequest]):
+    """The stand-in server; use as a context manager (or start()/stop()).
 
+    `url` is the sendSMS endpoint, for providers.skycore.base_url."""
 
-class SkycoreStandIn:
-    """The stand-in server; use as a context manager (or start()/stop())."""
+    handler_class = _Handler
+    thread_name = "skycore-stand-in"
+    url_path = SEND_PATH
+    request_noun = "sendSMS requests"
 
     def __init__(self, *, api_key: str | None = None, default: Reply | None = None) -> None:
+        super().__init__()
         self.api_key = api_key  # when set, another API_KEY gets E104
         self.default = default or Reply.success()
         # Called with each SendRequest before it is answered (e.g. to post a postback that
         # beats the send response). Exceptions are kept in hook_errors, the answer is a 500.
         self.on_request: Callable[[SendRequest], None] | None = None
-        self.hook_errors: list[BaseException] = []
-        self._lock = threading.Lock()
-        self._requests: list[SendRequest] = []
         self._script: deque[Reply] = deque()
         self._ids = itertools.count(1)
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
-    # lifecycle
-
-    def start(self) -> SkycoreStandIn:
-        """Listen on 127.0.0.1, a free port, in a background thread."""
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.stand_in = self
-        self._server = server
-        self._stopping.clear()
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="skycore-stand-in", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, cut slow answers short, close the socket, join every thread."""
-        if self._server is None:
-            return
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> SkycoreStandIn:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "stand-in not started"
-        return self._server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        """The sendSMS endpoint, for providers.skycore.base_url."""
-        return f"http://127.0.0.1:{self.port}{SEND_PATH}"
-
-    # scripting and inspection
+    # scripting
 
     def script(self, *replies: Reply) -> None:
         """Answer the next requests with these replies, in order, then with the default."""
         with self._lock:
             self._script.extend(replies)
-
-    @property
-    def requests(self) -> list[SendRequest]:
-        """Every request received so far, in arrival order."""
-        with self._lock:
-            return list(self._requests)
-
-    def wait_for_requests(self, count: int, timeout: float = 10.0) -> list[SendRequest]:
-        """Block until at least `count` requests arrived; fail after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            seen = self.requests
-            if len(seen) >= count:
-                return seen
-            time.sleep(0.02)
-        raise AssertionError(f"stand-in saw {len(self.requests)} sendSMS requests, "
-                             f"expected {count} within {timeout} s")
 
     # request handling (handler threads)
 
@@ -276,13 +197,8 @@ class SkycoreStandIn:
             self._requests.append(request)
             # A request real Skycore would refuse does not use up a scripted reply.
             reply = self.default if refusal or not self._script else self._script.popleft()
-        if self.on_request is not None:
-            try:
-                self.on_request(request)
-            except Exception as exc:  # reported to the test through hook_errors
-                self.hook_errors.append(exc)
-                handler.send_bytes(500, b"stand-in hook failed", "text/plain")
-                return
+        if self._hook_failed(handler, self.on_request, request):
+            return
         if reply.delay:
             self._stopping.wait(reply.delay)
         to = (request.fields.get("TO") or "").strip()
