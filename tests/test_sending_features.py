@@ -322,3 +322,37 @@ def test_rate_limit_holds_across_dispatcher_processes(database_url: str, sky: Sk
     # can land close together, but no half-second window ever holds more than its share.
     busiest = max(sum(1 for t in arrivals if start <= t < start + 0.5) for start in arrivals)
     assert busiest <= 10 + 2, arrivals
+
+
+# -- scheduling held by the provider (Mobizon's params[deferredToTs]) -----------------------------
+
+
+def test_provider_scheduling_hands_the_message_over_at_once(database_url: str,
+                                                            sky: SkycoreStandIn,
+                                                            mob: MobizonStandIn) -> None:
+    config = _config(database_url, sky, mob)
+    config["providers"]["mobizon"]["provider_scheduling"] = True
+    app = build_app(config)
+    with app.app_context(), db.connection_context():
+        at = (utcnow() + dt.timedelta(hours=3)).replace(microsecond=0)
+        held = send(app, to="+77011234567", send_at=at.isoformat() + "Z")  # route: mobizon
+        kept = send(app, send_at=at.isoformat() + "Z")  # route +1: skycore cannot hold it
+        too_soon = send(app, to="+77011234568",  # under Mobizon's one-hour minimum
+                        send_at=(utcnow() + dt.timedelta(minutes=30)).isoformat() + "Z")
+        assert dispatch(app) == 1
+        [call] = mob.calls()
+        assert call["params[deferredToTs]"] == f"{at:%Y-%m-%d %H:%M:%S}"
+        stored = Message.get_by_id(held.id)
+        assert stored.status == "accepted"
+        validity = dt.timedelta(minutes=app.extensions["providers"]["mobizon"]
+                                .config["validity_minutes"])
+        assert stored.expires_at == at + validity  # counted from when it will go out
+        with pytest.raises(sending.NotCancelable):
+            sending.cancel(held.id, source="test")
+        assert "held by mobizon" in Event.get((Event.message == held.id)
+                                              & (Event.kind == "created")).detail
+        for waiting in (kept, too_soon):
+            assert Message.get_by_id(waiting.id).status == "scheduled"
+        assert sky.requests == []
+        for provider in app.extensions["providers"].values():
+            provider.client.close()

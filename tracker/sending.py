@@ -53,6 +53,7 @@ class NewMessage:
     client_ref: str | None = None
     send_at: dt.datetime | None = None
     failover: tuple[str, ...] = ()  # providers to try next, in order
+    deferred: bool = False  # scheduled, and handed to the provider at once to hold (defers())
     rule: str = EXPLICIT  # what chose the providers (shown on the timeline)
     validity: dt.timedelta = dt.timedelta(minutes=2880)
 
@@ -83,11 +84,13 @@ def validate(data: dict[str, Any], *, providers: dict[str, Provider], default_pr
     for name, value, limit in (("from", sender, 32), ("client_ref", client_ref, 64)):
         if value is not None and (not isinstance(value, str) or len(value) > limit):
             raise SendRejected(name, f"{name} must be a string of at most {limit} characters")
-    validity = dt.timedelta(minutes=providers[route.providers[0]].config["validity_minutes"])
+    first = providers[route.providers[0]]
+    validity = dt.timedelta(minutes=first.config["validity_minutes"])
+    send_at = _parse_send_at(data.get("send_at"))
     return NewMessage(to=to, text=text, provider=route.providers[0],
                       failover=route.providers[1:], rule=route.rule, validity=validity,
-                      sender=sender or None, client_ref=client_ref or None,
-                      send_at=_parse_send_at(data.get("send_at")))
+                      sender=sender or None, client_ref=client_ref or None, send_at=send_at,
+                      deferred=first.defers(send_at, utcnow()))
 
 
 def _parse_send_at(value: Any) -> dt.datetime | None:
@@ -109,7 +112,7 @@ def enqueue(new: NewMessage, *, source: str) -> Message:
     now = utcnow()
     scheduled = new.send_at is not None and new.send_at > now
     status = Status.SCHEDULED if scheduled else Status.QUEUED
-    due = new.send_at if scheduled and new.send_at else now
+    due = new.send_at if scheduled and new.send_at and not new.deferred else now
     shape = segment(new.text)
     with write_tx():
         message = Message.create(
@@ -122,8 +125,9 @@ def enqueue(new: NewMessage, *, source: str) -> Message:
         )
         Event.create(message=message, kind="created", source=source, provider=new.provider,
                      status=status, applied=True, received_at=now,
-                     detail=f"scheduled for {new.send_at:%Y-%m-%d %H:%M:%S} UTC" if scheduled
-                     else None)
+                     detail=(f"scheduled for {new.send_at:%Y-%m-%d %H:%M:%S} UTC"
+                             + (f", held by {new.provider}" if new.deferred else ""))
+                     if scheduled else None)
         if new.rule != EXPLICIT:  # a named provider is the caller's choice, not a decision
             Event.create(message=message, kind="routed", source=source, provider=new.provider,
                          received_at=now, detail=new.route_description())
@@ -157,6 +161,8 @@ def dispatch(providers: dict[str, Provider], *, batch_size: int, max_attempts: i
     messages = claim_due(batch_size)
     for message in messages:
         provider = providers.get(message.provider)
+        if provider is not None and _too_early(message, provider):
+            continue  # released until send_at: this provider will not hold it for us
         if provider is not None and not _wait_for_slot(message, provider):
             continue  # rate limited: deferred to its slot, claim released
         if not _hold_for_send(message):
@@ -184,6 +190,18 @@ def dispatch(providers: dict[str, Provider], *, batch_size: int, max_attempts: i
     return len(messages)
 
 
+def _too_early(message: Message, provider: Provider) -> bool:
+    """A scheduled message this provider will not hold: release it until its send_at."""
+    now = utcnow()
+    if not message.send_at or message.send_at <= now or provider.defers(message.send_at, now):
+        return False
+    with write_tx():
+        Message.update(due_at=message.send_at, claimed_until=None).where(
+            (Message.id == message.id) & (Message.claimed_until == message.claimed_until)
+        ).execute()
+    return True
+
+
 # Longest a dispatcher sleeps for a rate-limit slot; a later slot defers the message instead,
 # so one slow provider never holds up the others' messages in the same batch for long.
 MAX_SLOT_WAIT = 2.0
@@ -209,11 +227,12 @@ def _wait_for_slot(message: Message, provider: Provider) -> bool:
 
 
 def outbound_for(message: Message, provider: Provider) -> OutboundMessage:
-    """What the provider module gets: the message, its callback URL and its validity."""
+    """What the provider module gets: the message, its callback URL, validity and send time."""
     return OutboundMessage(
         reference=message.reference, to=message.recipient, text=message.text,
         sender=message.sender, callback_url=provider.callback_url(message.reference),
         validity=dt.timedelta(minutes=provider.config["validity_minutes"]),
+        send_at=message.send_at if provider.defers(message.send_at, utcnow()) else None,
     )
 
 
@@ -233,10 +252,12 @@ def record_accepted(message: Message, result: SendResult,
                     provider: Provider | None = None) -> None:
     """Store the provider id, move to `accepted`, and apply receipts that waited for it."""
     now = utcnow()
+    starts = max(now, message.send_at) if message.send_at else now  # a provider may hold it
     with write_tx():
         Message.update(provider_message_id=result.provider_message_id, submitted_at=now,
                        due_at=None, claimed_until=None, updated_at=now,
-                       expires_at=now + _validity(provider), poll_at=_first_poll(provider, now)
+                       expires_at=starts + _validity(provider),
+                       poll_at=_first_poll(provider, starts),
                        ).where(Message.id == message.id).execute()
         Event.create(message=message.id, kind="submitted", source="dispatcher",
                      provider=message.provider, provider_message_id=result.provider_message_id,

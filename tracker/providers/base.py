@@ -84,6 +84,7 @@ class OutboundMessage:
     sender: str | None = None
     callback_url: str | None = None  # this message's callback URL (Provider.callback_url)
     validity: timedelta | None = None  # how long the provider should keep trying
+    send_at: datetime | None = None  # naive UTC: the provider holds it until then (DEFER_WINDOW)
 
 
 # Poll answers are stored beside callbacks (so the timeline links every receipt to the raw text
@@ -152,6 +153,9 @@ COMMON_SETTINGS: dict[str, Setting] = {
     "poll_after_seconds": Setting(int, default=900),  # first poll this long after submission
     "poll_interval_seconds": Setting(int, default=1800),  # then at most this often
     "rate_limit_per_second": Setting(float, default=0.0),  # 0 = no limit
+    # Hand scheduled messages to the provider at once (for providers with DEFER_WINDOW) instead
+    # of holding them here until due; they can then no longer be canceled here.
+    "provider_scheduling": Setting(bool, default=False),
 }
 
 
@@ -170,6 +174,15 @@ class Provider:
     STATUS_MAP: ClassVar[dict[str, Status]] = {}
     CALLBACK_METHODS: ClassVar[tuple[str, ...]] = ("POST",)
     POLL_BATCH: ClassVar[int] = 0  # how many messages one poll request may ask about; 0 = none
+    # (least, most) lead time the provider accepts for a deferred send; None = no deferral.
+    DEFER_WINDOW: ClassVar[tuple[timedelta, timedelta] | None] = None
+
+    def defers(self, send_at: datetime | None, now: datetime) -> bool:
+        """True when this message should go to the provider now, to be sent at `send_at`."""
+        if send_at is None or self.DEFER_WINDOW is None or not self.config["provider_scheduling"]:
+            return False
+        least, most = self.DEFER_WINDOW
+        return least <= send_at - now <= most
     timeout = httpx.Timeout(15.0, connect=5.0)
 
     def __init__(self, config: dict[str, Any], public_base_url: str) -> None:

@@ -20,6 +20,7 @@ zone of that field is not documented), and `params[name]` (nothing we read echoe
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -49,6 +50,9 @@ from .timestamps import parse_timestamp
 # right one. The default is the host of the live captures PROTOCOLS.md cites.
 API_URL = "https://api.mobizon.kz"
 VALIDITY_MINUTES = (60, 1440)  # params[validity] accepts 1 h to 24 h
+# params[deferredToTs]: "no earlier than one hour and no later than 14 days" (seed 000); a
+# minute of margin at the near end, as the request takes time to arrive.
+DEFER = (dt.timedelta(minutes=61), dt.timedelta(days=14))
 DELIVERY_REPORT = "sms-delivery-report"
 
 # _other/smsStatus.md (PROTOCOLS.md §1.6). NEW/ENQUEUD are the provider's queue: the provider
@@ -107,6 +111,7 @@ class MobizonProvider(Provider):
     }
     STATUS_MAP = STATUS_MAP
     POLL_BATCH = 100  # getSMSStatus takes at most 100 ids (code 12 beyond)
+    DEFER_WINDOW = DEFER
 
     def endpoint(self, module: str, method: str) -> str:
         """The URL of one API method, without the query string."""
@@ -129,6 +134,9 @@ class MobizonProvider(Provider):
             low, high = VALIDITY_MINUTES
             minutes = int(message.validity.total_seconds() // 60)
             fields["params[validity]"] = str(min(max(minutes, low), high))
+        if message.send_at is not None:
+            # The docs give the format, not the time zone: UTC is what we send.
+            fields["params[deferredToTs]"] = message.send_at.strftime("%Y-%m-%d %H:%M:%S")
         return fields
 
     def send(self, message: OutboundMessage) -> SendResult:
