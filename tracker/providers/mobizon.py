@@ -14,8 +14,10 @@ retrying up to 10 times with the same `eventId`. Its `sign` is
 set; the signature does not cover `data`. Polling asks `message/getSMSStatus` about up to 100
 ids; ids the provider does not know are left out of its answer.
 
-Not used: `params[deferredToTs]` (the core holds scheduled messages until due, and the time
-zone of that field is not documented), and `params[name]` (nothing we read echoes it).
+Scheduling: with `provider_scheduling = true`, a message scheduled 61 minutes to 14 days ahead
+is submitted at once with `params[deferredToTs]` and Mobizon holds it (sent as UTC: the docs
+give the format, not the time zone); otherwise the core holds it until due. Not used:
+`params[name]` (nothing we read echoes it).
 """
 
 from __future__ import annotations
