@@ -109,6 +109,12 @@ def list_messages(f: MessageFilter, default_region: str = "",
         Message.recipient, Message.status, Message.status_at, Message.created_at,
         Message.error_code, Message.client_ref,
     )
+    return list(narrow(query, f, default_region).order_by(Message.id.desc()).limit(limit))
+
+
+def narrow(query: pw.ModelSelect, f: MessageFilter, default_region: str = "") -> pw.ModelSelect:
+    """Apply a filter to any query over Message: the list, the counts and the exports all
+    show exactly the same messages."""
     if f.status in {s.value for s in Status}:
         query = query.where(Message.status == f.status)
     if f.provider:
@@ -117,7 +123,7 @@ def list_messages(f: MessageFilter, default_region: str = "",
         query = query.where(_search_condition(f.q.strip(), default_region))
     if f.before:
         query = query.where(Message.id < f.before)
-    return list(query.order_by(Message.id.desc()).limit(limit))
+    return query
 
 
 def _search_condition(q: str, default_region: str) -> pw.Expression:
