@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import secrets
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .db import write_tx
-from .models import ApiKey, User, utcnow
+from .models import ApiKey, LoginFailure, User, utcnow
 
 ROLES = ("viewer", "admin")
 # A fixed hash to compare against when the user does not exist, so timing does not tell.
@@ -56,6 +57,51 @@ def authenticate(username: str, password: str) -> User | None:
         check_password_hash(_DUMMY_HASH, password)
         return None
     return user if check_password_hash(user.password_hash, password) else None
+
+
+# Wrong passwords allowed per window: per user from one address (a person mistyping), per
+# address (one machine guessing many names) and per user from anywhere (a spread-out attack on
+# one account; high, so that nobody can lock a colleague out with a handful of tries).
+LOGIN_WINDOW = dt.timedelta(minutes=15)
+LOGIN_LIMITS = (("pair", 5), ("addr", 30), ("user", 100))
+
+
+def login_keys(username: str, address: str) -> dict[str, str]:
+    """The throttling keys of one login attempt."""
+    name = username.strip().lower()[:64]
+    return {"pair": f"pair:{name}|{address}", "addr": f"addr:{address}", "user": f"user:{name}"}
+
+
+def login_retry_after(username: str, address: str, now: dt.datetime | None = None) -> int:
+    """Seconds until this user may try from this address again; 0 = allowed now."""
+    now = now or utcnow()
+    keys = login_keys(username, address)
+    wait = 0.0
+    for kind, limit in LOGIN_LIMITS:
+        recent = list(LoginFailure.select(LoginFailure.at)
+                      .where((LoginFailure.key == keys[kind])
+                             & (LoginFailure.at > now - LOGIN_WINDOW))
+                      .order_by(LoginFailure.at.desc()).limit(limit).tuples())
+        if len(recent) >= limit:  # blocked until the oldest of the last `limit` ages out
+            wait = max(wait, (recent[-1][0] + LOGIN_WINDOW - now).total_seconds())
+    return int(wait) + 1 if wait > 0 else 0
+
+
+def record_login_failure(username: str, address: str) -> None:
+    """Count a wrong password (and forget failures older than the window)."""
+    now = utcnow()
+    keys = list(login_keys(username, address).values())
+    with write_tx():
+        LoginFailure.delete().where((LoginFailure.key.in_(keys))
+                                    & (LoginFailure.at <= now - LOGIN_WINDOW)).execute()
+        LoginFailure.insert_many([{"key": k, "at": now} for k in keys]).execute()
+
+
+def clear_login_failures(username: str, address: str) -> None:
+    """A successful login forgets that user's mistakes from that address."""
+    with write_tx():
+        LoginFailure.delete().where(
+            LoginFailure.key == login_keys(username, address)["pair"]).execute()
 
 
 def _digest(key: str) -> str:

@@ -151,6 +151,16 @@ class Lease(BaseModel):
     expires_at = pw.DateTimeField()
 
 
+class LoginFailure(BaseModel):
+    """One wrong password; counted per key (user+address, address, user) to throttle guessing."""
+
+    key = pw.CharField(max_length=160)
+    at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("key", "at"), False),)
+
+
 class ProviderThrottle(BaseModel):
     """Per-provider send rate limit shared by every dispatcher: the earliest next send."""
 
@@ -167,4 +177,4 @@ class SchemaMigration(BaseModel):
 
 
 ALL_MODELS: list[type[BaseModel]] = [Message, Callback, Event, ApiKey, User, Lease,
-                                      ProviderThrottle, SchemaMigration]
+                                      LoginFailure, ProviderThrottle, SchemaMigration]

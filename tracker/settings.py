@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "poll_interval_seconds": 60.0,  # how often the worker looks for messages due a status poll
     "expire_interval_seconds": 60.0,  # how often it looks for messages past their validity
     "routes": {},  # destination -> providers in failover order (tracker.routing)
+    "mask_phone_numbers": False,  # viewers see +7701•••••67; admins see every digit
     "providers": {"fake": {}},
 }
 
@@ -62,6 +63,7 @@ TYPES: dict[str, type | tuple[type, ...]] = {
     "poll_interval_seconds": (int, float),
     "expire_interval_seconds": (int, float),
     "routes": dict,
+    "mask_phone_numbers": bool,
     "providers": dict,
 }
 
@@ -99,6 +101,14 @@ def from_env(environ: os._Environ[str] | dict[str, str]) -> dict[str, Any]:
 def _coerce(path: list[str], raw: str) -> Any:
     """Give an env string the type its default has, so TOML and env validate alike."""
     expected = TYPES.get(path[0]) if len(path) == 1 else None
+    if expected is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{ENV_PREFIX}{'__'.join(path).upper()}: expected true or false, "
+                          f"got {raw!r}")
     try:
         if expected is int:
             return int(raw)
@@ -134,6 +144,10 @@ def _validate(cfg: dict[str, Any]) -> None:
         if value is None:
             continue
         expected = TYPES[key]
+        if expected is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            continue
         if isinstance(value, bool) or not isinstance(value, expected):
             names = expected.__name__ if isinstance(expected, type) else "number"
             raise ConfigError(f"{key}: expected {names}, got {type(value).__name__} {value!r}")

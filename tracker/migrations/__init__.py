@@ -13,9 +13,9 @@ import peewee
 
 from ..db import is_sqlite, write_tx
 from ..models import SchemaMigration, utcnow
-from . import m0001_initial, m0002_sending
+from . import m0001_initial, m0002_sending, m0004_accounts
 
-MIGRATIONS = [m0001_initial, m0002_sending]
+MIGRATIONS = [m0001_initial, m0002_sending, m0004_accounts]
 
 
 def applied_versions(database: peewee.Database) -> set[int]:

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from functools import wraps
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    flash,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import (
     LoginManager,
     UserMixin,
@@ -69,14 +80,36 @@ def _safe_next(target: str | None) -> str:
 def login() -> Any:
     """Show the form; on POST check the password and start a session."""
     if request.method == "POST":
-        user = accounts.authenticate(request.form.get("username", ""),
-                                     request.form.get("password", ""))
+        username = request.form.get("username", "")
+        address = request.remote_addr or "unknown"
+        wait = accounts.login_retry_after(username, address)
+        if wait:  # the password is not even checked: guessing gains nothing while blocked
+            minutes = max(1, round(wait / 60))
+            flash(f"Too many wrong passwords. Try again in {minutes} minute"
+                  f"{'' if minutes == 1 else 's'}.")
+            response = make_response(render_template("auth/login.html"), 429)
+            response.headers["Retry-After"] = str(wait)
+            return response
+        user = accounts.authenticate(username, request.form.get("password", ""))
         if user is not None:
+            accounts.clear_login_failures(username, address)
             login_user(SessionUser(user))
             return redirect(_safe_next(request.args.get("next")))
+        accounts.record_login_failure(username, address)
         flash("Wrong username or password.")
         return render_template("auth/login.html"), 401
     return render_template("auth/login.html")
+
+
+def admin_required(view):  # type: ignore[no-untyped-def]
+    """Only admins: others get 403 (a viewer sees the page, not the action)."""
+    @wraps(view)
+    @login_required
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not current_user.is_admin:
+            abort(403)
+        return view(*args, **kwargs)
+    return wrapper
 
 
 @bp.post("/logout")

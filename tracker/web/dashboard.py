@@ -5,13 +5,43 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
-from flask_login import login_required
+from flask_login import current_user, login_required
 
 from .. import reporting
 from ..models import Message
 from ..status import Status
 
 bp = Blueprint("dashboard", __name__)
+
+
+@bp.app_template_filter("phone")
+def phone(number: str | None) -> str:
+    """A phone number as this user may see it: masked for viewers when mask_phone_numbers is on
+    (country code and first digits stay, so support can still tell a network, and the last two
+    stay, so a caller can confirm it)."""
+    if not number:
+        return "—"
+    if not current_app.config["TRACKER"]["mask_phone_numbers"] or getattr(
+            current_user, "is_admin", False):
+        return number
+    return mask_phone(number)
+
+
+@bp.app_template_filter("hide_phone")
+def hide_phone(text: str, number: str | None) -> str:
+    """Raw provider text with the message's number masked wherever it appears (with or
+    without its "+"), under the same rule as `phone`."""
+    if not number or phone(number) == number:
+        return text
+    digits = number.lstrip("+")
+    return text.replace(digits, mask_phone(digits))
+
+
+def mask_phone(number: str) -> str:
+    """+77011234567 -> +7701•••••67."""
+    keep_head = 5 if number.startswith("+") else 4
+    hidden = len(number) - keep_head - 2
+    return number if hidden < 3 else number[:keep_head] + "•" * hidden + number[-2:]
 
 
 @bp.get("/")

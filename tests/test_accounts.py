@@ -1,0 +1,112 @@
+"""Dashboard accounts: throttled password guessing, session cookies, phone masking for viewers."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import build_app, make_config
+from flask import Flask, g
+from test_dashboard import PASSWORD, csrf, login
+
+from tracker import accounts, sending
+from tracker.db import db
+from tracker.models import LoginFailure, utcnow
+from tracker.web.dashboard import mask_phone
+
+
+def fresh_client(app: Flask) -> Any:
+    """Another browser. Flask-WTF caches the CSRF token in `g`, which the tests' outer app
+    context shares between clients: drop it so this client gets its own session's token."""
+    g.pop("csrf_token", None)
+    return app.test_client()
+
+
+@pytest.fixture
+def masked_app(database_url: str) -> Iterator[Flask]:
+    flask_app = build_app(make_config(database_url, mask_phone_numbers=True))
+    with flask_app.app_context():
+        db.connect(reuse_if_open=True)
+        yield flask_app
+        if not db.is_closed():
+            db.close()
+    if hasattr(db.obj, "close_all"):
+        db.obj.close_all()
+
+
+def test_wrong_passwords_are_throttled_per_user_and_address(app: Flask, client: Any) -> None:
+    accounts.create_user("ana", PASSWORD, "viewer")
+    for _ in range(5):
+        assert login(client, "ana", "not the password").status_code == 401
+    blocked = login(client, "ana")  # even the right password: not checked while blocked
+    assert blocked.status_code == 429
+    assert 14 * 60 < int(blocked.headers["Retry-After"]) <= 15 * 60 + 1
+    assert "Too many wrong passwords. Try again in 15 minutes." in blocked.get_data(as_text=True)
+    assert client.get("/messages").status_code == 302  # no session was started
+
+    # Another address is not blocked by ana's typos here (the per-address key differs).
+    other = fresh_client(app)
+    token = csrf(other, "/auth/login")
+    answer = other.post("/auth/login", data={"username": "ana", "password": PASSWORD,
+                                             "csrf_token": token},
+                        environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    assert answer.status_code == 302
+
+    # The window passes: the same address may try again, and a success forgets its mistakes.
+    LoginFailure.update(at=utcnow() - dt.timedelta(minutes=16)).execute()
+    g.pop("csrf_token", None)  # back to the first client's session (see fresh_client)
+    assert login(client, "ana").status_code == 302
+    pair = accounts.login_keys("ana", "127.0.0.1")["pair"]
+    assert LoginFailure.select().where(LoginFailure.key == pair).count() == 0
+
+
+def test_one_address_guessing_many_names_is_throttled(app: Flask, client: Any) -> None:
+    for i in range(30):
+        assert login(client, f"user{i}", "guess").status_code == 401
+    assert login(client, "someone-else", "guess").status_code == 429
+
+
+def test_session_cookie_flags(database_url: str) -> None:
+    app = build_app(make_config(database_url, public_base_url="https://sms.example.com"))
+    with app.app_context():
+        accounts.create_user("ana", PASSWORD, "viewer")
+    client = app.test_client()
+    answer = login(client, "ana")
+    cookie = answer.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" in cookie
+    assert answer.headers["Strict-Transport-Security"].startswith("max-age=")
+    page = client.get("/auth/login")
+    for header in ("Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options"):
+        assert header in page.headers
+
+
+@pytest.mark.parametrize(("number", "masked"), [
+    ("+77011234567", "+7701•••••67"),
+    ("+15551234888", "+1555•••••88"),
+    ("77011234567", "7701•••••67"),  # as providers write it in raw bodies
+    ("+4412", "+4412"),  # too short to hide anything useful
+])
+def test_mask_phone(number: str, masked: str) -> None:
+    assert mask_phone(number) == masked
+
+
+def test_viewers_see_masked_numbers_admins_see_all(masked_app: Flask) -> None:
+    accounts.create_user("ana", PASSWORD, "viewer")
+    accounts.create_user("boss", PASSWORD, "admin")
+    message = sending.enqueue(sending.NewMessage(to="+77011234567", text="hi",
+                                                 provider="fake"), source="test")
+    sending.dispatch(masked_app.extensions["providers"], batch_size=5, max_attempts=1,
+                     backoff_seconds=1)
+    viewer = fresh_client(masked_app)
+    login(viewer, "ana")
+    for path in ("/messages", f"/messages/{message.id}"):
+        html = viewer.get(path).get_data(as_text=True)
+        assert "+7701•••••67" in html and "77011234567" not in html, path
+    # A viewer still finds the message by typing the whole number.
+    found = viewer.get("/messages", query_string={"q": "+7 701 123 45 67"})
+    assert message.reference in found.get_data(as_text=True)
+    admin = fresh_client(masked_app)
+    login(admin, "boss")
+    assert "+77011234567" in admin.get(f"/messages/{message.id}").get_data(as_text=True)
