@@ -67,6 +67,13 @@ HTTP_CODES: dict[str, Status] = {
     "99": Status.REJECTED,  # Error in the number / Number not in service
     "116": Status.DELIVERED,  # Read (Viber only)
 }
+HTTP_CODE_TEXTS = {
+    "0": "pending at AlphaSMS", "1": "being sent", "2": "sent to the operator",
+    "3": "delivered", "5": "subscriber out of touch (unreachable) until validity ran out",
+    "10": "deleted (cancelled)", "50": "partially delivered",
+    "96": "network failure during delivery", "99": "error in the number, or not in service",
+    "116": "read (Viber)",
+}
 # XML API message status codes (message_status_codes.md, §4.5).
 XML_CODES: dict[str, Status] = {
     "1": Status.ACCEPTED, "100": Status.QUEUED, "101": Status.SENT, "102": Status.DELIVERED,
@@ -219,6 +226,7 @@ class AlphaSmsProvider(Provider):
         "sender": Setting(str, required=True),
         "callback_token": Setting(str, secret=True),  # unset = no hook, polling only
     }
+    EXPLANATIONS = HTTP_CODE_TEXTS
     STATUS_MAP = STATUS_MAP
     CALLBACK_METHODS = ("GET", "POST")  # the hook's method is not documented
     POLL_BATCH = 1  # `command=receive` takes one id

@@ -173,6 +173,8 @@ class Provider:
     SETTINGS: ClassVar[dict[str, Setting]] = {}
     STATUS_MAP: ClassVar[dict[str, Status]] = {}
     CALLBACK_METHODS: ClassVar[tuple[str, ...]] = ("POST",)
+    # Provider status and error codes in plain words (PROTOCOLS.md tables), for the dashboard.
+    EXPLANATIONS: ClassVar[dict[str, str]] = {}
     POLL_BATCH: ClassVar[int] = 0  # how many messages one poll request may ask about; 0 = none
     # (least, most) lead time the provider accepts for a deferred send; None = no deferral.
     DEFER_WINDOW: ClassVar[tuple[timedelta, timedelta] | None] = None
@@ -224,6 +226,19 @@ class Provider:
         if self._client is None:
             self._client = httpx.Client(timeout=self.timeout, follow_redirects=False)
         return self._client
+
+    def explain(self, code: str | None) -> str | None:
+        """What a raw status or error code of this provider means, in words; None if unknown.
+
+        Raw statuses may carry a suffix ("DELIVERED (1)", "N202 Message Sent/Delivered"): the
+        whole value is tried first, then its first word."""
+        if not code:
+            return None
+        text = code.strip()
+        for key in (text, text.split(" ")[0], text.upper(), text.split(" ")[0].upper()):
+            if key in self.EXPLANATIONS:
+                return self.EXPLANATIONS[key]
+        return None
 
     def token_matches(self, token: str) -> bool:
         """Constant-time check of the secret path token; no token configured = no callbacks."""

@@ -152,6 +152,7 @@ class MobivateProvider(Provider):
         "send_callback_url": Setting(bool, default=True),  # per-request `callbackURL`
         "poll": Setting(bool, default=False),
     }
+    EXPLANATIONS = DESCRIPTIONS
     STATUS_MAP = STATUS_MAP
 
     def __init__(self, config: dict[str, Any], public_base_url: str) -> None:

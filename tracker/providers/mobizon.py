@@ -113,6 +113,11 @@ class MobizonProvider(Provider):
     }
     STATUS_MAP = STATUS_MAP
     POLL_BATCH = 100  # getSMSStatus takes at most 100 ids (code 12 beyond)
+    EXPLANATIONS = {
+        "NEW": "new, not yet queued at Mobizon", "ENQUEUD": "queued at Mobizon",
+        "ACCEPTD": "handed to the operator", "DELIVRD": "delivered to the handset",
+        **STATUS_MEANING, **API_CODE_MEANING,
+    }
     DEFER_WINDOW = DEFER
 
     def endpoint(self, module: str, method: str) -> str:

@@ -51,6 +51,27 @@ FAIL_CODES = frozenset({"E100", "E101", "E102", "E103", "E104", "E105", "E107", 
                         "E109", "E713"})
 RETRY_CODES = frozenset({"E106", "E999"})
 
+# Appendix B (send errors) and Appendix D (postback codes), PROTOCOLS.md §3.2/§3.3. E201 is
+# both a send error and a postback code (the docs' own clash); the postback meaning is kept, as
+# that is what a timeline shows.
+EXPLANATIONS = {
+    "N201": "sent to the carrier (Message Sent); a delivery receipt may follow",
+    "N202": "delivered to the handset (Message Sent/Delivered)",
+    "E201": "Skycore could not send the message (Message Failed)",
+    "E202": "sent, but the carrier could not deliver it (Message Sent/Failed, /Expired, "
+            "/NotSupported)",
+    "E100": "invalid request (Skycore wants GET or the xml field via POST)",
+    "E101": "the action is missing or invalid", "E102": "user or api_key missing",
+    "E103": "md5 password missing", "E104": "authentication failed (check api_key)",
+    "E105": "this account has no API rights", "E106": "rate limit: too many API calls",
+    "E107": "no rights for this action", "E108": "Skycore could not parse our XML",
+    "E109": "the API is not activated on this account", "E110": "invalid receiver number",
+    "E111": "invalid shortcode", "E628": "the recipient's operator is not supported",
+    "E712": "the text is missing", "E713": "billing problem on the Skycore account",
+    "E714": "missing or invalid campaign", "E715": "the number is not subscribed to the campaign",
+    "E999": "Skycore queue processing error",
+}
+
 # Published examples close a tag with another opening tag (<FROM_MASK>x<FROM_MASK>).
 _UNCLOSED = re.compile(rb"<([A-Za-z_]+)>([^<>]*)<\1>")
 
@@ -100,6 +121,7 @@ class SkycoreProvider(Provider):
         "campaign_ref": Setting(str),
     }
     STATUS_MAP = STATUS_MAP
+    EXPLANATIONS = EXPLANATIONS
 
     # -- sending -------------------------------------------------------------------------
 

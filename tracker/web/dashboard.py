@@ -77,4 +77,10 @@ def message(message_id: int) -> Any:
     events = reporting.timeline(message_id)
     return render_template("dashboard/message.html", m=found, events=events,
                            callbacks=reporting.callbacks_for(events),
-                           pretty_body=reporting.pretty_body)
+                           pretty_body=reporting.pretty_body, explain=_explain)
+
+
+def _explain(provider: str | None, code: str | None) -> str | None:
+    """A provider's raw status or error code in words (None when it is not documented)."""
+    handler = current_app.extensions["providers"].get(provider or "")
+    return handler.explain(code) if handler else None
