@@ -52,6 +52,7 @@ class Message(BaseModel):
     route = pw.CharField(max_length=255, null=True)  # providers still to try, comma-separated
     expires_at = pw.DateTimeField(null=True)  # validity end: not final by then -> expired
     poll_at = pw.DateTimeField(null=True)  # next status poll (providers with a status API)
+    resent_from = pw.IntegerField(null=True)  # the message this one is a resend of
 
     class Meta:
         indexes = (
@@ -116,6 +117,7 @@ class Event(BaseModel):
 Message.add_index(Message.index(Message.expires_at, where=Message.status_rank < 3))
 Message.add_index(Message.index(Message.provider, Message.poll_at,
                                 where=Message.status_rank < 3))
+Message.add_index(Message.index(Message.resent_from, where=Message.resent_from.is_null(False)))
 
 
 # Orphans waiting for their message. Partial: a matched event never touches this index.

@@ -361,6 +361,26 @@ def cancel(message_id: int, *, source: str) -> None:
     raise NotCancelable(status or "missing")
 
 
+RESENDABLE = frozenset({Status.FAILED, Status.REJECTED, Status.UNDELIVERED, Status.EXPIRED,
+                        Status.UNKNOWN})
+
+
+def resend(old: Message, new: NewMessage, *, source: str) -> Message:
+    """Queue `new` as a resend of `old` (a final failure, or an unknown outcome), linked both
+    ways on the timelines. The old message keeps its own history untouched."""
+    if Status(old.status) not in RESENDABLE:
+        raise NotCancelable(old.status)  # the same 409 shape: not in a state that allows it
+    message = enqueue(new, source=source)
+    now = utcnow()
+    with write_tx():
+        Message.update(resent_from=old.id).where(Message.id == message.id).execute()
+        Event.create(message=old.id, kind="resent", source=source, received_at=now,
+                     detail=f"resent as message #{message.id} ({message.reference})")
+        Event.create(message=message.id, kind="resend_of", source=source, received_at=now,
+                     detail=f"resend of message #{old.id} ({old.reference}, {old.status})")
+    return message
+
+
 def _validity(provider: Provider | None) -> dt.timedelta:
     minutes = provider.config["validity_minutes"] if provider else 2880
     return dt.timedelta(minutes=minutes)

@@ -1,4 +1,5 @@
-"""0004: failed dashboard logins, for throttling password guessing (frozen DDL per dialect)."""
+"""0004: failed dashboard logins (throttling password guessing) and the link from a resent
+message to the one it replaces (frozen DDL per dialect)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ def _ddl(ts: str) -> list[str]:
         f'CREATE TABLE "login_failure" ("id" {{pk}}, "key" VARCHAR(160) NOT NULL,'
         f' "at" {ts} NOT NULL)',
         'CREATE INDEX "login_failure_key_at" ON "login_failure" ("key", "at")',
+        'ALTER TABLE "message" ADD COLUMN "resent_from" INTEGER',
+        'CREATE INDEX "message_resent_from" ON "message" ("resent_from")'
+        ' WHERE ("resent_from" IS NOT NULL)',
     ]
 
 

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user, login_required
 
-from .. import reporting
+from .. import reporting, sending
 from ..models import Message
 from ..status import Status
+from .auth import admin_required
 
 bp = Blueprint("dashboard", __name__)
 
@@ -75,9 +85,51 @@ def message(message_id: int) -> Any:
     if found is None:
         abort(404)
     events = reporting.timeline(message_id)
+    resent_as = list(Message.select(Message.id, Message.reference)
+                     .where(Message.resent_from == message_id).order_by(Message.id))
     return render_template("dashboard/message.html", m=found, events=events,
                            callbacks=reporting.callbacks_for(events),
-                           pretty_body=reporting.pretty_body, explain=_explain)
+                           pretty_body=reporting.pretty_body, explain=_explain,
+                           resent_as=resent_as,
+                           can_cancel=found.status in ("queued", "scheduled"),
+                           can_resend=Status(found.status) in sending.RESENDABLE)
+
+
+@bp.post("/messages/<int:message_id>/cancel")
+@admin_required
+def cancel(message_id: int) -> Any:
+    """Admin: cancel a queued or scheduled message before it is submitted."""
+    try:
+        sending.cancel(message_id, source="dashboard")
+        flash("Message canceled.")
+    except sending.NotCancelable as exc:
+        flash(f"Not canceled: the message is {exc.status} (a send may already be under way).")
+    return redirect(url_for("dashboard.message", message_id=message_id))
+
+
+@bp.post("/messages/<int:message_id>/resend")
+@admin_required
+def resend(message_id: int) -> Any:
+    """Admin: send a failed message again, as a new message linked to this one."""
+    old = Message.get_or_none(Message.id == message_id)
+    if old is None:
+        abort(404)
+    cfg = current_app.config["TRACKER"]
+    data = {"to": old.recipient, "text": old.text, "from": old.sender,
+            "client_ref": old.client_ref}
+    try:
+        new = sending.validate(data, providers=current_app.extensions["providers"],
+                               default_provider=cfg["default_provider"], routes=cfg["routes"],
+                               default_region=cfg["default_region"])
+        fresh = sending.resend(old, new, source="dashboard")
+    except sending.SendRejected as exc:
+        flash(f"Not resent: {exc.message}")
+        return redirect(url_for("dashboard.message", message_id=message_id))
+    except sending.NotCancelable as exc:
+        flash(f"Not resent: the message is {exc.status}; only a failed one is resent.")
+        return redirect(url_for("dashboard.message", message_id=message_id))
+    flash(f"Resent as message #{fresh.id}.")
+    return redirect(url_for("dashboard.message", message_id=fresh.id))
 
 
 def _explain(provider: str | None, code: str | None) -> str | None:
