@@ -86,3 +86,43 @@ def test_support_finds_a_message_and_reads_why(app, live_url, browser) -> None:
     assert "Why not applied: message is already final (delivered)" in timeline
     browser.find_element(By.CSS_SELECTOR, "details summary").click()
     assert "Message Sent/Delivered" in browser.find_element(By.CSS_SELECTOR, "details pre").text
+
+
+def test_admin_filters_and_replays_a_callback_after_a_dry_run(app, live_url, browser) -> None:
+    from selenium.webdriver.support.ui import Select
+    from test_replay import BODY, stored_as_invalid
+
+    accounts.create_user("boss", "correct horse battery", "admin")
+    message = sending.enqueue(sending.NewMessage(to="+15551234888", text="hi",
+                                                 provider="skycore"), source="test")
+    sending.record_accepted(Message.get_by_id(message.id), SendResult("R1"))
+    bad = stored_as_invalid(BODY)  # a postback an older parser could not read
+
+    browser.get(live_url + "/auth/login")
+    browser.find_element(By.NAME, "username").send_keys("boss")
+    browser.find_element(By.NAME, "password").send_keys("correct horse battery")
+    browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+    WebDriverWait(browser, 10).until(expected_conditions.url_matches(r"/messages$"))
+
+    # A filter on the messages list: accepted ones only.
+    Select(browser.find_element(By.NAME, "status")).select_by_value("accepted")
+    browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    WebDriverWait(browser, 10).until(expected_conditions.url_contains("status=accepted"))
+    assert message.reference in browser.find_element(By.CSS_SELECTOR, "table.list").text
+
+    browser.find_element(By.LINK_TEXT, "Callbacks").click()
+    Select(browser.find_element(By.NAME, "verdict")).select_by_value("invalid")
+    browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    WebDriverWait(browser, 10).until(expected_conditions.url_contains("verdict=invalid"))
+    browser.find_element(By.CSS_SELECTOR, f'input[name="id"][value="{bad.id}"]').click()
+    browser.find_element(By.CSS_SELECTOR, 'button[value="dry-run"]').click()
+    WebDriverWait(browser, 10).until(expected_conditions.url_contains("/callback-log/replay"))
+    page = browser.find_element(By.TAG_NAME, "main").text
+    assert "Replay dry run: nothing written yet" in page
+    assert f"{message.reference}: accepted → delivered" in page
+    assert Message.get_by_id(message.id).status == "accepted"
+
+    browser.find_element(By.CSS_SELECTOR, 'button[value="apply"]').click()
+    WebDriverWait(browser, 10).until(
+        expected_conditions.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Replayed"))
+    assert Message.get_by_id(message.id).status == "delivered"
