@@ -14,7 +14,7 @@ from test_dashboard import PASSWORD, csrf, login
 from tracker import accounts, sending
 from tracker.db import db
 from tracker.models import LoginFailure, utcnow
-from tracker.web.dashboard import mask_phone
+from tracker.phones import mask_phone
 
 
 def fresh_client(app: Flask) -> Any:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import pytest
 
-from tracker import accounts, sending
+from tracker import accounts, reporting, sending
 from tracker.models import Message
 from tracker.providers.base import SendResult
+from tracker.status import RANK, Status, order_key
 
 PASSWORD = "correct horse battery"
 
@@ -89,3 +91,155 @@ def test_list_filter_search_and_message_page(client, staff) -> None:
     assert page.headers["Content-Security-Policy"].startswith("default-src 'self'")
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     assert client.get("/messages/999999").status_code == 404
+
+
+# -- the messages list: filters, search, counts, paging ------------------------------------
+
+T0 = dt.datetime(2026, 3, 10, 12, 0, 0)
+
+
+def add(n: int, *, status: str = "delivered", provider: str = "skycore",
+        to: str = "+15551230000", error: str | None = None, pmid: str | None = None,
+        client_ref: str | None = None, at: dt.datetime | None = None) -> Message:
+    """A message as the tracker stores it, with the fields the list filters on."""
+    created = at or T0 + dt.timedelta(minutes=n)
+    return Message.create(
+        reference=f"ref{n:04d}", client_ref=client_ref, provider=provider,
+        provider_message_id=pmid, recipient=to, text="hi", status=status,
+        status_rank=RANK[Status(status)], status_order=order_key(status, None),
+        error_code=error, created_at=created, updated_at=created)
+
+
+def refs(flt: reporting.MessageFilter, **kwargs) -> list[str]:
+    return [m.reference for m in reporting.list_messages(flt, **kwargs).rows]
+
+
+@pytest.fixture
+def mix(app) -> list[Message]:
+    """Eight messages over three days, newest last."""
+    return [
+        add(1, at=dt.datetime(2026, 3, 1, 0, 0, 0), to="+77011234567", pmid="SMS_1"),
+        add(2, status="undelivered", error="E710", at=dt.datetime(2026, 3, 1, 23, 59, 59)),
+        add(3, status="failed", provider="mobivate", error="1", at=dt.datetime(2026, 3, 2, 8)),
+        add(4, status="undelivered", provider="mobizon", error="1", client_ref="order-9",
+            at=dt.datetime(2026, 3, 2, 9)),
+        add(5, provider="mobizon", to="+77011234567", client_ref="campaign",
+            at=dt.datetime(2026, 3, 2, 23, 59, 59, 999999)),
+        add(6, status="failed", provider="mobivate", error="2", at=dt.datetime(2026, 3, 3)),
+        add(7, provider="mobivate", pmid="mv-7", client_ref="campaign",
+            at=dt.datetime(2026, 3, 3, 10)),
+        add(8, status="queued", to="+77011234567", client_ref="77011234567",
+            at=dt.datetime(2026, 3, 3, 11)),
+    ]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ({}, [8, 7, 6, 5, 4, 3, 2, 1]),
+    ({"status": "undelivered"}, [4, 2]),
+    ({"status": "not-a-status"}, [8, 7, 6, 5, 4, 3, 2, 1]),  # ignored, as before
+    ({"provider": "mobivate"}, [7, 6, 3]),
+    ({"status": "failed", "provider": "mobivate"}, [6, 3]),
+    ({"error_code": "1"}, [4, 3]),
+    ({"error_code": "1", "status": "failed"}, [3]),
+    ({"error_code": "1", "provider": "mobizon"}, [4]),
+    ({"error_code": "E710", "provider": "mobivate"}, []),
+    ({"error_code": "2", "status": "failed", "provider": "mobivate"}, [6]),
+    # Inclusive UTC days: the 2nd runs to 23:59:59.999999, the 1st starts at 00:00.
+    ({"created_from": "2026-03-02", "created_to": "2026-03-02"}, [5, 4, 3]),
+    ({"created_from": "2026-03-01", "created_to": "2026-03-01"}, [2, 1]),
+    ({"created_from": "2026-03-03"}, [8, 7, 6]),
+    ({"created_to": "2026-03-01"}, [2, 1]),
+    ({"created_from": "2026-03-02", "status": "undelivered"}, [4]),
+    ({"created_from": "2026-03-02", "created_to": "2026-03-02", "provider": "mobizon"}, [5, 4]),
+    ({"created_from": "not a date"}, [8, 7, 6, 5, 4, 3, 2, 1]),
+    ({"created_from": "2026-03-04"}, []),
+    ({"error_code": "1", "created_to": "2026-03-02", "created_from": "2026-03-02"}, [4, 3]),
+])
+def test_filters_list_and_count_the_same_messages(mix, args, expected) -> None:
+    flt = reporting.MessageFilter.from_args(args)
+    assert refs(flt) == [f"ref{n:04d}" for n in expected]
+    count = reporting.count_messages(flt)
+    assert (count.n, count.capped) == (len(expected), False)
+
+
+@pytest.mark.parametrize(("q", "args", "expected"), [
+    ("+7 701 123 45 67", {}, [8, 5, 1]),  # a number in any format
+    ("8 (701) 123-45-67", {"region": "KZ"}, [8, 5, 1]),  # national format, default region
+    ("0077011234567", {}, [8, 5, 1]),
+    ("ref0003", {}, [3]),  # reference
+    ("mv-7", {}, [7]),  # provider message id, whatever the provider
+    ("SMS_1", {}, [1]),
+    ("order-9", {}, [4]),  # client_ref
+    ("campaign", {}, [7, 5]),
+    ("77011234567", {"status": "queued"}, [8]),  # a number and a client_ref: both columns
+    ("campaign", {"provider": "mobizon"}, [5]),  # search combined with filters
+    ("+77011234567", {"status": "delivered", "created_from": "2026-03-02"}, [5]),
+    ("+77011234567", {"status": "failed"}, []),
+    ("nothing like it", {}, []),
+])
+def test_search_by_number_reference_provider_id_or_client_ref(mix, q, args, expected) -> None:
+    args = dict(args)  # the parameters are shared by the sqlite and postgres runs
+    region = args.pop("region", "")
+    flt = reporting.MessageFilter.from_args({"q": q, **args})
+    assert refs(flt, default_region=region) == [f"ref{n:04d}" for n in expected]
+    assert reporting.count_messages(flt, region).n == len(expected)
+
+
+def test_keyset_pages_walk_every_message_once_both_ways(app) -> None:
+    same = dt.datetime(2026, 3, 5, 9, 30)
+    made = [add(n, at=same if n in (4, 5, 6) else None) for n in range(1, 11)]  # a tie
+    newest_first = sorted(made, key=lambda m: (m.created_at, m.id), reverse=True)
+    seen, pages, flt = [], [], reporting.MessageFilter()
+    while True:
+        page = reporting.list_messages(flt, limit=3)
+        pages.append(page)
+        seen += [m.id for m in page.rows]
+        if page.older is None:
+            break
+        flt = reporting.MessageFilter(before=page.older)
+    assert seen == [m.id for m in newest_first]
+    assert [len(p.rows) for p in pages] == [3, 3, 3, 1]
+    assert pages[0].newer is None and pages[1].newer == pages[1].rows[0].id
+    # Back up with `after`: the page newer than the last one is the third one again.
+    back = reporting.list_messages(reporting.MessageFilter(after=pages[3].newer), limit=3)
+    assert [m.id for m in back.rows] == [m.id for m in pages[2].rows]
+    assert back.newer == pages[2].rows[0].id and back.older == pages[2].rows[-1].id
+    top = reporting.list_messages(reporting.MessageFilter(after=pages[1].rows[0].id), limit=3)
+    assert [m.id for m in top.rows] == [m.id for m in pages[0].rows] and top.newer is None
+
+
+def test_count_is_exact_up_to_the_cap(app) -> None:
+    for n in range(1, 8):
+        add(n, status="failed" if n <= 3 else "delivered")
+    assert reporting.count_messages(reporting.MessageFilter(), cap=5) == \
+        reporting.MatchCount(5, True, 5)
+    assert reporting.count_messages(reporting.MessageFilter(), cap=5).label == "5+ messages"
+    failed = reporting.count_messages(reporting.MessageFilter(status="failed"), cap=5)
+    assert (failed.n, failed.capped, failed.label) == (3, False, "3 messages")
+    assert reporting.count_messages(reporting.MessageFilter(status="failed"), cap=3).label \
+        == "3 messages"  # exactly the cap is still exact
+    assert reporting.MatchCount(1, False, 5).label == "1 message"
+
+
+def test_messages_page_filters_counts_and_pages(client, staff) -> None:
+    for n in range(1, 56):
+        add(n, status="failed" if n % 5 == 0 else "delivered", error="E1" if n % 5 == 0 else None)
+    login(client, staff)
+    html = client.get("/messages").get_data(as_text=True)
+    assert "55 messages in all" in html
+    assert html.count('<tr class="m">') == 50
+    assert "UTC days, both included" in html
+    older = re.search(r'<a rel="next" href="([^"]+)"', html).group(1).replace("&amp;", "&")
+    rest = client.get(older).get_data(as_text=True)
+    assert rest.count('<tr class="m">') == 5 and 'rel="next"' not in rest
+    assert "ref0005" in rest and "ref0006" not in rest
+    newer = re.search(r'<a rel="prev" href="([^"]+)"', rest).group(1).replace("&amp;", "&")
+    assert client.get(newer).get_data(as_text=True).count('<tr class="m">') == 50
+
+    failed = client.get("/messages", query_string={
+        "status": "failed", "error_code": "E1", "created_from": "2026-03-10",
+        "created_to": "2026-03-10"}).get_data(as_text=True)
+    assert "11 messages match" in failed and failed.count('<tr class="m">') == 11
+    assert 'value="2026-03-10"' in failed and 'value="E1"' in failed
+    none = client.get("/messages", query_string={"provider": "mobizon"}).get_data(as_text=True)
+    assert "0 messages match" in none and "No messages match." in none

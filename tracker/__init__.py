@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the web application; nothing connects or starts until a request comes."""
     from . import db, providers, settings
-    from .web import api, auth, callback_log, callbacks, dashboard, security
+    from .web import api, auth, callback_log, callbacks, dashboard, exports, overview, security
 
     app = Flask(__name__, instance_path=str(ROOT / "instance"),
                 template_folder=str(ROOT / "templates"))
@@ -36,4 +36,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     api.init_app(app)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(callback_log.bp)
+    app.register_blueprint(exports.bp)
+    app.register_blueprint(overview.bp)
     return app

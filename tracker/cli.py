@@ -256,5 +256,37 @@ def callbacks_replay(ids: tuple[int, ...], since: str | None, until: str | None,
     click.echo(f"{count} callback(s) {'checked (dry run)' if dry_run else 'replayed'}", err=True)
 
 
+@main.command("export")
+@click.option("--format", "fmt", type=click.Choice(["csv", "csv-excel", "xlsx", "jsonl"]),
+              default="csv", show_default=True)
+@click.option("--status", default="", help="Only this status (as the dashboard filter).")
+@click.option("--provider", default="", help="Only this provider.")
+@click.option("--q", default="", help="Phone number in any format, reference, provider id or "
+              "client_ref.")
+@click.option("--error-code", default="", help="Only this error code.")
+@click.option("--created-from", default="", help="Created on or after this UTC day (YYYY-MM-DD).")
+@click.option("--created-to", default="", help="Created on or before this UTC day (YYYY-MM-DD).")
+@click.option("--mask-phones", is_flag=True, help="Mask numbers as the dashboard does for viewers.")
+@click.option("--output", required=True, type=click.Path(dir_okay=False),
+              help="File to write; it appears only once complete.")
+def export(fmt: str, mask_phones: bool, output: str, **filters: str) -> None:
+    """Export the messages a dashboard filter shows, every page (tracker.exports)."""
+    from pathlib import Path
+
+    from . import exports, reporting
+    from .db import db as database
+    from .phones import mask_phone
+
+    app = _app()
+    flt = reporting.MessageFilter.from_args(filters)  # parsed as the dashboard parses its own
+    started = time.monotonic()
+    with app.app_context(), database.connection_context():
+        count = exports.export(fmt, flt, Path(output),
+                               default_region=app.config["TRACKER"]["default_region"],
+                               phone=(lambda n: mask_phone(n) if n else n) if mask_phones else None)
+    click.echo(f"{count} message(s) written to {output} in {time.monotonic() - started:.1f} s",
+               err=True)
+
+
 if __name__ == "__main__":
     main()

@@ -7,7 +7,7 @@ import logging
 
 from flask import Flask
 
-from . import correlation, expiry, polling, sending
+from . import correlation, expiry, overview, polling, sending
 from .db import db, write_tx
 from .models import Lease, utcnow
 
@@ -57,6 +57,15 @@ def expire(app: Flask) -> int:
     if count:
         log.info("expired %d message(s)", count)
     return count
+
+
+def roll_up(app: Flask) -> int:
+    """Refresh the overview's daily rollups (closed days missing or changed since)."""
+    with db.connection_context():
+        days = overview.roll_up()
+    if days:
+        log.info("rolled up %d day(s) for the overview", days)
+    return days
 
 
 def hold_lease(name: str, owner: str, ttl_seconds: float) -> bool:

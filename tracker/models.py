@@ -58,10 +58,16 @@ class Message(BaseModel):
         indexes = (
             (("status", "provider", "created_at"), False),  # dashboard filters, newest first
             (("provider", "provider_message_id"), False),  # callback correlation
-            (("recipient", "created_at"), False),  # search by phone number
-            (("client_ref",), False),
+            # Search by phone number or client_ref, newest first (migration 0003 says why
+            # status is not in them: the callback path would rewrite them).
+            (("recipient", "created_at"), False),
+            (("client_ref", "created_at"), False),
             (("due_at",), False),  # dispatcher: due messages
             (("created_at",), False),  # dashboard: newest first, unfiltered
+            # Dashboard filters, newest first (migration 0003 says why each exists).
+            (("status", "created_at"), False),
+            (("provider", "created_at"), False),
+            (("provider_message_id",), False),  # search by provider id, provider unknown
         )
 
 
@@ -118,6 +124,14 @@ Message.add_index(Message.index(Message.expires_at, where=Message.status_rank < 
 Message.add_index(Message.index(Message.provider, Message.poll_at,
                                 where=Message.status_rank < 3))
 Message.add_index(Message.index(Message.resent_from, where=Message.resent_from.is_null(False)))
+
+
+# Dashboard error-code filters: only failed messages carry a code, so these stay small.
+for _columns in ((Message.error_code, Message.created_at),
+                 (Message.error_code, Message.status, Message.created_at),
+                 (Message.error_code, Message.provider, Message.created_at),
+                 (Message.error_code, Message.status, Message.provider, Message.created_at)):
+    Message.add_index(Message.index(*_columns, where=Message.error_code.is_null(False)))
 
 
 # Orphans waiting for their message. Partial: a matched event never touches this index.
@@ -180,3 +194,56 @@ class SchemaMigration(BaseModel):
 
 ALL_MODELS: list[type[BaseModel]] = [Message, Callback, Event, ApiKey, User, Lease,
                                       LoginFailure, ProviderThrottle, SchemaMigration]
+
+
+
+class MessageRollup(BaseModel):
+    """The overview's figures of the messages created in one closed hour or UTC day, per
+    provider (tracker.overview.Tally); the counters are JSON objects, `latency` a JSON list."""
+
+    step = pw.CharField(max_length=8)  # "hour" or "day"
+    period = pw.DateTimeField()  # its start
+    provider = pw.CharField(max_length=32)
+    messages = pw.IntegerField()
+    submitted = pw.IntegerField()
+    delivered = pw.IntegerField()
+    final = pw.IntegerField()
+    receipted = pw.IntegerField()
+    statuses = pw.TextField()
+    errors = pw.TextField()
+    latency = pw.TextField()
+
+    class Meta:
+        indexes = ((("step", "period"), False),)
+
+
+class CallbackRollup(BaseModel):
+    """Callbacks and poll answers received in one closed hour or UTC day, per provider."""
+
+    step = pw.CharField(max_length=8)
+    period = pw.DateTimeField()
+    provider = pw.CharField(max_length=32)
+    verdicts = pw.TextField()  # JSON object: verdict -> count
+    last_callback = pw.DateTimeField(null=True)  # the last pushed one (poll answers are not)
+
+    class Meta:
+        indexes = ((("step", "period"), False),
+                   (("provider", "last_callback"), False))  # a provider's last callback ever
+
+
+class RollupPeriod(BaseModel):
+    """A closed hour or day whose MessageRollup and CallbackRollup rows are complete."""
+
+    step = pw.CharField(max_length=8)
+    period = pw.DateTimeField()
+    rolled_at = pw.DateTimeField()
+
+    class Meta:
+        indexes = ((("step", "period"), True),)
+
+
+class RollupState(BaseModel):
+    """The rollup job's bookmarks (event ids it has looked at)."""
+
+    name = pw.CharField(max_length=32, primary_key=True)
+    value = pw.BigIntegerField()

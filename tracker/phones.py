@@ -53,3 +53,10 @@ def search_forms(raw: str, default_region: str = "") -> str | None:
         return normalize(raw, default_region)
     except InvalidPhone:
         return None
+
+
+def mask_phone(number: str) -> str:
+    """+77011234567 -> +7701•••••67."""
+    keep_head = 5 if number.startswith("+") else 4
+    hidden = len(number) - keep_head - 2
+    return number if hidden < 3 else number[:keep_head] + "•" * hidden + number[-2:]

@@ -41,6 +41,7 @@ class Worker:
         self._every("rematch_orphans", jobs.rematch_orphans, cfg["orphan_rematch_seconds"])
         self._every("poll", jobs.poll, cfg["poll_interval_seconds"])
         self._every("expire", jobs.expire, cfg["expire_interval_seconds"])
+        self._every("roll_up", jobs.roll_up, 300)  # overview rollups: closed days only
 
     def _every(self, name: str, job: Callable[[Flask], object], seconds: float) -> None:
         self.scheduler.add_job(self._guarded, "interval", seconds=seconds, id=name, name=name,

@@ -13,9 +13,10 @@ import peewee
 
 from ..db import is_sqlite, write_tx
 from ..models import SchemaMigration, utcnow
-from . import m0001_initial, m0002_sending, m0004_accounts
+from . import m0001_initial, m0002_sending, m0003_dashboard, m0004_accounts, m0005_rollups
 
-MIGRATIONS = [m0001_initial, m0002_sending, m0004_accounts]
+MIGRATIONS = [m0001_initial, m0002_sending, m0003_dashboard, m0004_accounts,
+              m0005_rollups]
 
 
 def applied_versions(database: peewee.Database) -> set[int]:

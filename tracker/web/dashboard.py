@@ -18,6 +18,7 @@ from flask_login import current_user, login_required
 
 from .. import reporting, sending
 from ..models import Message
+from ..phones import mask_phone
 from ..status import Status
 from .auth import admin_required
 
@@ -47,13 +48,6 @@ def hide_phone(text: str, number: str | None) -> str:
     return text.replace(digits, mask_phone(digits))
 
 
-def mask_phone(number: str) -> str:
-    """+77011234567 -> +7701•••••67."""
-    keep_head = 5 if number.startswith("+") else 4
-    hidden = len(number) - keep_head - 2
-    return number if hidden < 3 else number[:keep_head] + "•" * hidden + number[-2:]
-
-
 @bp.get("/")
 def index() -> Any:
     """The dashboard starts at the messages list."""
@@ -63,18 +57,34 @@ def index() -> Any:
 @bp.get("/messages")
 @login_required
 def messages() -> Any:
-    """Newest messages first, filtered by status and provider, searched by number or id."""
-    before = request.args.get("before", "")
-    flt = reporting.MessageFilter(
-        status=request.args.get("status", ""), provider=request.args.get("provider", ""),
-        q=request.args.get("q", ""), before=int(before) if before.isdigit() else None,
-    )
-    rows = reporting.list_messages(flt, current_app.config["TRACKER"]["default_region"])
+    """Newest messages first: searched by number, reference, provider id or client_ref, filtered
+    by status, provider, error code and created date (UTC days), paged by keyset, with a count
+    of the matches (exact up to reporting.COUNT_CAP)."""
+    flt = reporting.MessageFilter.from_args(request.args)
+    region = current_app.config["TRACKER"]["default_region"]
+    # The filter's terms once for the list and the count: a search probes the database.
+    conditions = reporting.filter_conditions(flt, region)
+    page = reporting.list_messages(flt, region, conditions=conditions)
+    providers = sorted(current_app.extensions["providers"])
+    if flt.provider and flt.provider not in providers:
+        providers.append(flt.provider)  # a provider no longer configured still has history
     return render_template(
-        "dashboard/messages.html", rows=rows, flt=flt, statuses=[s.value for s in Status],
-        providers=sorted(current_app.extensions["providers"]),
-        next_before=rows[-1].id if len(rows) == reporting.PAGE_SIZE else None,
+        "dashboard/messages.html", page=page, rows=page.rows, flt=flt,
+        count=reporting.count_messages(flt, region, conditions=conditions),
+        statuses=[s.value for s in Status],
+        providers=providers, filter_args=_filter_args(flt),
+        # One url_for per row cost ~0.5 ms of the 5 ms budget; the rows append their id.
+        message_url=url_for("dashboard.message", message_id=0)[:-1],
     )
+
+
+def _filter_args(flt: reporting.MessageFilter) -> dict[str, str]:
+    """The filter as query arguments, for the paging links (empty ones left out)."""
+    args = {"q": flt.q, "status": flt.status, "provider": flt.provider,
+            "error_code": flt.error_code,
+            "created_from": flt.created_from.isoformat() if flt.created_from else "",
+            "created_to": flt.created_to.isoformat() if flt.created_to else ""}
+    return {name: value for name, value in args.items() if value}
 
 
 @bp.get("/messages/<int:message_id>")
