@@ -192,8 +192,7 @@ class SchemaMigration(BaseModel):
     applied_at = pw.DateTimeField(default=utcnow)
 
 
-ALL_MODELS: list[type[BaseModel]] = [Message, Callback, Event, ApiKey, User, Lease,
-                                      LoginFailure, ProviderThrottle, SchemaMigration]
+
 
 
 
@@ -247,3 +246,9 @@ class RollupState(BaseModel):
 
     name = pw.CharField(max_length=32, primary_key=True)
     value = pw.BigIntegerField()
+
+
+ALL_MODELS: list[type[BaseModel]] = [
+    Message, Callback, Event, ApiKey, User, Lease, LoginFailure, ProviderThrottle,
+    MessageRollup, CallbackRollup, RollupPeriod, RollupState, SchemaMigration,
+]
