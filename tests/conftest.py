@@ -6,6 +6,7 @@ TRACKER_TEST_DATABASE_URL points at a server (a throwaway database is created fo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -84,17 +85,28 @@ def build_app(config: dict[str, Any]) -> Flask:
     return app
 
 
-@pytest.fixture
-def app(database_url: str) -> Iterator[Flask]:
-    """The app on a fresh database, with a connection open for direct model use in tests."""
-    flask_app = build_app(make_config(database_url))
+@contextlib.contextmanager
+def running(config: dict[str, Any]) -> Iterator[Flask]:
+    """The app built from `config`, inside its app context with a connection open for direct
+    model use; afterwards provider HTTP clients and every connection are closed."""
+    flask_app = build_app(config)
     with flask_app.app_context():
         db.connect(reuse_if_open=True)
         yield flask_app
+        for provider in flask_app.extensions["providers"].values():
+            if provider._client is not None:
+                provider.client.close()
         if not db.is_closed():
             db.close()
     if hasattr(db.obj, "close_all"):
         db.obj.close_all()
+
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[Flask]:
+    """The app on a fresh database, with a connection open for direct model use in tests."""
+    with running(make_config(database_url)) as flask_app:
+        yield flask_app
 
 
 @pytest.fixture

@@ -7,12 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import build_app, make_config
+from conftest import build_app, make_config, running
 from flask import Flask, g
 from test_dashboard import PASSWORD, csrf, login
 
 from tracker import accounts, sending
-from tracker.db import db
 from tracker.models import LoginFailure, utcnow
 from tracker.phones import mask_phone
 
@@ -26,14 +25,8 @@ def fresh_client(app: Flask) -> Any:
 
 @pytest.fixture
 def masked_app(database_url: str) -> Iterator[Flask]:
-    flask_app = build_app(make_config(database_url, mask_phone_numbers=True))
-    with flask_app.app_context():
-        db.connect(reuse_if_open=True)
+    with running(make_config(database_url, mask_phone_numbers=True)) as flask_app:
         yield flask_app
-        if not db.is_closed():
-            db.close()
-    if hasattr(db.obj, "close_all"):
-        db.obj.close_all()
 
 
 def test_wrong_passwords_are_throttled_per_user_and_address(app: Flask, client: Any) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import SKYCORE, build_app, make_config
+from conftest import SKYCORE, build_app, make_config, running
 from flask import Flask
 from standins.skycore import Reply, SkycoreStandIn
 
@@ -45,16 +45,8 @@ def sky() -> Iterator[SkycoreStandIn]:
 @pytest.fixture
 def app(database_url: str, sky: SkycoreStandIn) -> Iterator[Flask]:
     """conftest's `app`, with the Skycore provider sending to the stand-in."""
-    flask_app = build_app(skycore_config(database_url, sky.url))
-    with flask_app.app_context():
-        db.connect(reuse_if_open=True)
+    with running(skycore_config(database_url, sky.url)) as flask_app:
         yield flask_app
-        for provider in flask_app.extensions["providers"].values():
-            provider.client.close()
-        if not db.is_closed():
-            db.close()
-    if hasattr(db.obj, "close_all"):
-        db.obj.close_all()
 
 
 def queue(text: str = TEXT, to: str = TO) -> Message:

@@ -13,12 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import build_app, make_config
+from conftest import make_config, running
 from flask import Flask
 from standins.mobivate import STATUS_CODES, MobivateStandIn, Reply, dlr
 
 from tracker import sending
-from tracker.db import db
 from tracker.models import Callback, Event, Message
 from tracker.providers.base import (
     CallbackRequest,
@@ -596,14 +595,8 @@ URL = f"/callbacks/mobivate/{TOKEN}"
 def mob_app(database_url: str) -> Iterator[Flask]:
     config = make_config(database_url)
     config["providers"]["mobivate"] = settings()
-    flask_app = build_app(config)
-    with flask_app.app_context():
-        db.connect(reuse_if_open=True)
+    with running(config) as flask_app:
         yield flask_app
-        if not db.is_closed():
-            db.close()
-    if hasattr(db.obj, "close_all"):
-        db.obj.close_all()
 
 
 def new_message() -> Message:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import SKYCORE, build_app, make_config
+from conftest import SKYCORE, build_app, make_config, running
 from flask import Flask
 from standins.mobizon import MobizonStandIn
 from standins.skycore import Reply, SkycoreStandIn
@@ -117,16 +117,8 @@ def _config(database_url: str, sky: SkycoreStandIn, mob: MobizonStandIn,
 
 @pytest.fixture
 def app(database_url: str, sky: SkycoreStandIn, mob: MobizonStandIn) -> Iterator[Flask]:
-    flask_app = build_app(_config(database_url, sky, mob))
-    with flask_app.app_context():
-        db.connect(reuse_if_open=True)
+    with running(_config(database_url, sky, mob)) as flask_app:
         yield flask_app
-        for provider in flask_app.extensions["providers"].values():
-            provider.client.close()
-        if not db.is_closed():
-            db.close()
-    if hasattr(db.obj, "close_all"):
-        db.obj.close_all()
 
 
 def send(app: Flask, to: str = "+15551234888", **data: Any) -> Message:
