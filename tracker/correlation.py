@@ -95,15 +95,18 @@ class Match:
 
 
 def match(receipt: Receipt) -> Match:
-    """Find a receipt's message (by provider message id, then our reference); spot duplicates."""
+    """Find a receipt's message (by our reference when the receipt echoes it, else by provider
+    message id); spot duplicates. Our reference first: it is unique and ours, while a provider
+    may report under another id than its send answer gave (Mobivate), which would cost every
+    such receipt a lookup that cannot match."""
     dedupe = dedupe_key(receipt)
     row = None
-    if receipt.provider_message_id:
-        row = execute(_MATCH_BY_PMID, (dedupe, receipt.provider,
-                                       receipt.provider_message_id)).fetchone()
-    if receipt.reference and (row is None or row[0] is None):
+    if receipt.reference:
         row = execute(_MATCH_BY_REFERENCE, (dedupe, receipt.reference,
                                             receipt.provider)).fetchone()
+    if receipt.provider_message_id and (row is None or row[0] is None):
+        row = execute(_MATCH_BY_PMID, (dedupe, receipt.provider,
+                                       receipt.provider_message_id)).fetchone()
     if row is None or row[0] is None:
         return Match(receipt, None, bool(row and row[4]), None)
     if row[4]:
