@@ -399,9 +399,11 @@ def measure(url: str, reps: int) -> list[dict[str, Any]]:
             db.connect(reuse_if_open=True)
             for name, _ in todo:
                 t0 = time.perf_counter()
-                terms = reporting.filter_conditions(filters[name], "")  # as the view does
-                listed = reporting.list_messages(filters[name], "", conditions=terms)
-                counted = reporting.count_messages(filters[name], "", conditions=terms)
+                where = reporting.filter_where(filters[name], "")  # as the view does
+                listed = reporting.list_messages(filters[name], "", where=where,
+                                                 count_cap=reporting.COUNT_CAP)
+                counted = listed.count or reporting.count_messages(filters[name], "",
+                                                                   where=where)
                 if rep >= 5:
                     query_ms[name].append((time.perf_counter() - t0) * 1000)
                 last[name] = (last[name], listed, counted)
@@ -438,9 +440,9 @@ def plans(url: str) -> None:
         for name, params in shapes(ref.client_ref):
             flt = reporting.MessageFilter.from_args(params)
             print(f"== {name} {params}")
-            for label, query in (("list", reporting.list_query(flt)),
-                                 ("count", reporting.count_query(flt))):
-                sql, args = query.sql()
+            where = reporting.filter_where(flt)
+            for label, (sql, args) in (("list", reporting.list_sql(flt, where=where)),
+                                       ("count", reporting.count_sql(where))):
                 if "sqlite" in url:
                     lines = [r[3] for r in tdb.db.execute_sql("EXPLAIN QUERY PLAN " + sql, args)]
                 else:

@@ -9,9 +9,13 @@ then a measured run with --latency. The scheduled-jobs worker is NOT started: on
 In the same run the reference ceiling is measured: bench/bare_app.py (one Flask POST route that
 reads the body) under the same gunicorn command line and config, the same wrk script and body.
 Goals (perf-baseline.md §6): tracker >= 45 % of bare on SQLite, >= 25 % on Postgres, 0 errors.
+With --lean, bench/lean_app.py (the minimal two-statement shape those goals were set from) is
+measured on the same database too, as a second reference: what this machine allows any callback
+path that stores the raw body and moves the status, before events, dedupe and verdicts.
 
     .venv/bin/python bench/ingest.py                    # both databases, one round
     .venv/bin/python bench/ingest.py --db sqlite --repeat 3 --duration 10
+    .venv/bin/python bench/ingest.py --lean                 # + the lean reference shape
 
 Needs `wrk` (Debian: apt-get install -y wrk) and, for --db postgres, a server at
 postgresql://postgres@127.0.0.1:5432 allowed to create databases (override with
@@ -575,6 +579,14 @@ def measure_tracker(procs: Processes, tmp: Path, target: Target,
         result = measure(procs, tmp, f"tracker-{target.kind}", args, chdir=ROOT,
                          app="wsgi:app", env=env, path=f"/callbacks/skycore/{token}",
                          target=target)
+        if args.lean:  # the same database, after the tracker: every index, more rows
+            print(f"round: lean-{target.kind} (bench/lean_app.py, same database)", flush=True)
+            lean_env = clean_env(TRACKER_WEB_WORKERS=str(args.workers),
+                                 LEAN_DATABASE_URL=target.url,
+                                 LEAN_FSYNC="0" if args.sqlite_synchronous == "normal" else "1")
+            result.extra["lean"] = measure(procs, tmp, f"lean-{target.kind}", args, chdir=BENCH,
+                                           app="lean_app:app", env=lean_env,
+                                           path=f"/callbacks/skycore/{token}")
     finally:
         if args.keep:
             print(f"  --keep: left {target.url} (config {dbdir})")
@@ -582,6 +594,14 @@ def measure_tracker(procs: Processes, tmp: Path, target: Target,
             target.drop()
             shutil.rmtree(dbdir, ignore_errors=True)
     return result
+
+
+def lean_record(lean: Measurement, bare_rate: float, round_no: int) -> dict[str, Any]:
+    """The lean reference's row: its ratio to bare, but no goal of its own."""
+    row = lean.record(None, round_no)
+    row.update(db=lean.label.split("-", 1)[1], reference=True,
+               ratio_vs_bare=round(lean.wrk.ok_per_s / bare_rate, 4) if bare_rate else None)
+    return row
 
 
 def measure_bare(procs: Processes, tmp: Path, args: argparse.Namespace) -> Measurement:
@@ -646,7 +666,7 @@ def print_checks(row: dict[str, Any]) -> None:
 
 def print_summary(records: list[dict[str, Any]], dbs: list[str]) -> None:
     print("\nsummary over rounds (median, min-max; verdict on the median ratio and all errors)")
-    for label in ["bare-post", *(f"tracker-{db}" for db in dbs)]:
+    for label in ["bare-post", *(f"{kind}-{db}" for db in dbs for kind in ("tracker", "lean"))]:
         rows = [r for r in records if r["label"] == label]
         if not rows:
             continue
@@ -656,7 +676,10 @@ def print_summary(records: list[dict[str, Any]], dbs: list[str]) -> None:
                 f"{statistics.median(r['p50_ms'] for r in rows):.1f} ms  p99 "
                 f"{statistics.median(r['p99_ms'] for r in rows):.1f} ms")
         ratios = [r["ratio_vs_bare"] for r in rows if r["ratio_vs_bare"] is not None]
-        if ratios:
+        if ratios and rows[0]["target"] is None:  # the lean reference
+            line += (f"  vs bare {statistics.median(ratios) * 100:.0f} % "
+                     f"({min(ratios) * 100:.0f}-{max(ratios) * 100:.0f} %)  (reference)")
+        elif ratios:
             errors = sum(r["non_2xx"] + r["socket_errors"] for r in rows)
             verdict = ("PASS" if statistics.median(ratios) >= rows[0]["target"] and not errors
                        else "FAIL")
@@ -714,6 +737,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         " every round; ratios use the mean")
     parser.add_argument("--quiet-wait", type=float, default=20.0,
                         help="max seconds to wait for an idle machine before each run")
+    parser.add_argument("--lean", action="store_true",
+                        help="also measure bench/lean_app.py (perf-baseline.md's lean shape) on"
+                             " the same database, as a second reference")
     parser.add_argument("--keep", action="store_true",
                         help="keep the databases and configs (for profiling); prints where")
     parser.add_argument("--pyspy", type=float, default=0.0, metavar="SECONDS",
@@ -789,6 +815,8 @@ def main(argv: list[str] | None = None) -> int:
             bare_rows = [b.record(None, tag) for b in bares]
             for row, when in zip(bare_rows, ("before", "after"), strict=False):
                 row["bare_position"] = when
+            leans = {m.db: lean_record(m.extra.pop("lean"), bare_rate, tag)
+                     for m in measured if "lean" in m.extra}
             rows = [m.record(bare_rate, tag) for m in measured]
             spread = (max(r["ok_per_s"] for r in bare_rows) / min(r["ok_per_s"] for r in bare_rows)
                       - 1)
@@ -797,12 +825,12 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"; they differ by {spread * 100:.0f} %" if len(bare_rows) > 1 else "")
                   + ")")
             for row in rows:
-                print_table(row["db"], bare_rows, [row])
+                print_table(row["db"], bare_rows, [row, *filter(None, [leans.get(row["db"])])])
                 print_checks(row)
             with open(results_path, "a") as fh:
-                for row in [*bare_rows, *rows]:
+                for row in [*bare_rows, *rows, *leans.values()]:
                     fh.write(json.dumps({**meta, **row}) + "\n")
-            records += [*bare_rows, *rows]
+            records += [*bare_rows, *rows, *leans.values()]
         if args.repeat > 1:
             print_summary(records, dbs)
         print(f"\nresults appended to {results_path.relative_to(ROOT)}"

@@ -160,6 +160,8 @@ def test_filters_list_and_count_the_same_messages(mix, args, expected) -> None:
     assert refs(flt) == [f"ref{n:04d}" for n in expected]
     count = reporting.count_messages(flt)
     assert (count.n, count.capped) == (len(expected), False)
+    # The list view reads the count in the same statement as the page: the same figure.
+    assert reporting.list_messages(flt, count_cap=reporting.COUNT_CAP).count == count
 
 
 @pytest.mark.parametrize(("q", "args", "expected"), [
@@ -183,6 +185,7 @@ def test_search_by_number_reference_provider_id_or_client_ref(mix, q, args, expe
     flt = reporting.MessageFilter.from_args({"q": q, **args})
     assert refs(flt, default_region=region) == [f"ref{n:04d}" for n in expected]
     assert reporting.count_messages(flt, region).n == len(expected)
+    assert reporting.list_messages(flt, region, count_cap=5).count.n == len(expected)
 
 
 def test_keyset_pages_walk_every_message_once_both_ways(app) -> None:
@@ -219,6 +222,18 @@ def test_count_is_exact_up_to_the_cap(app) -> None:
     assert reporting.count_messages(reporting.MessageFilter(status="failed"), cap=3).label \
         == "3 messages"  # exactly the cap is still exact
     assert reporting.MatchCount(1, False, 5).label == "1 message"
+    # Folded into the list's statement: every page of a filter carries the filter's count,
+    # capped alike; an empty later page carries none (the view then counts on its own).
+    first = reporting.list_messages(reporting.MessageFilter(), limit=2, count_cap=5)
+    assert first.count == reporting.MatchCount(5, True, 5)
+    second = reporting.list_messages(reporting.MessageFilter(status="failed", before=first.older),
+                                     limit=2, count_cap=5)
+    assert second.count == reporting.MatchCount(3, False, 5)
+    oldest = min(m.id for m in Message.select(Message.id))
+    empty = reporting.list_messages(reporting.MessageFilter(before=oldest), count_cap=5)
+    assert empty.rows == [] and empty.count is None
+    assert reporting.list_messages(reporting.MessageFilter(status="queued"),
+                                   count_cap=5).count == reporting.MatchCount(0, False, 5)
 
 
 def test_messages_page_filters_counts_and_pages(client, staff) -> None:

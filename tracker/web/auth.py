@@ -27,7 +27,7 @@ from flask_login import (
 )
 
 from .. import accounts
-from ..db import write_tx
+from ..db import execute, write_tx
 from ..models import User
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
@@ -57,10 +57,15 @@ def _load(user_id: str) -> SessionUser | None:
     ident, _, version = user_id.partition(":")
     if not ident.isdigit() or not version.isdigit():
         return None
-    user = User.get_or_none(User.id == int(ident))
-    if user is None or user.session_version != int(version):
+    # Every dashboard request runs this: hand-written SQL, as peewee's query building costs
+    # about as much as the round trip (0.3 ms of a 5 ms list request on Postgres).
+    row = execute(_LOAD_USER, (int(ident),)).fetchone()
+    if row is None or row[3] != int(version):
         return None
-    return SessionUser(user)
+    return SessionUser(User(id=row[0], username=row[1], role=row[2], session_version=row[3]))
+
+
+_LOAD_USER = 'SELECT id, username, role, session_version FROM "user" WHERE id = ?'
 
 
 def init_app(app: Flask) -> None:

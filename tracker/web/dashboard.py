@@ -63,14 +63,14 @@ def messages() -> Any:
     flt = reporting.MessageFilter.from_args(request.args)
     region = current_app.config["TRACKER"]["default_region"]
     # The filter's terms once for the list and the count: a search probes the database.
-    conditions = reporting.filter_conditions(flt, region)
-    page = reporting.list_messages(flt, region, conditions=conditions)
+    where = reporting.filter_where(flt, region)
+    page = reporting.list_messages(flt, region, where=where, count_cap=reporting.COUNT_CAP)
     providers = sorted(current_app.extensions["providers"])
     if flt.provider and flt.provider not in providers:
         providers.append(flt.provider)  # a provider no longer configured still has history
     return render_template(
         "dashboard/messages.html", page=page, rows=page.rows, flt=flt,
-        count=reporting.count_messages(flt, region, conditions=conditions),
+        count=page.count or reporting.count_messages(flt, region, where=where),
         statuses=[s.value for s in Status],
         providers=providers, filter_args=_filter_args(flt),
         # One url_for per row cost ~0.5 ms of the 5 ms budget; the rows append their id.
