@@ -11,7 +11,7 @@ Each export is the real `tracker export` command run as a child process (what th
 job runs), so its time includes interpreter start and create_app, and its peak RSS
 (os.wait4's ru_maxrss) is that process alone. 100,000 rows are `--provider p0` (one provider in
 ten), 1,000,000 rows are no filter; the file is checked for its row count (line count; for XLSX
-the sheet's last row as XlsxWriter wrote it).
+the last sheet's last row number).
 
 First, as the reference measured in the same run, perf-baseline.md's plain export (every
 column via `.tuples().iterator()` into csv.writer, no formatting; 9.9 s on its machine): this
