@@ -13,7 +13,17 @@ ROOT = Path(__file__).resolve().parent.parent
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the web application; nothing connects or starts until a request comes."""
     from . import db, providers, settings
-    from .web import api, auth, callback_log, callbacks, dashboard, exports, overview, security
+    from .web import (
+        api,
+        auth,
+        callback_log,
+        callbacks,
+        dashboard,
+        exports,
+        overview,
+        reports,
+        security,
+    )
 
     app = Flask(__name__, instance_path=str(ROOT / "instance"),
                 template_folder=str(ROOT / "templates"))
@@ -38,4 +48,5 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(callback_log.bp)
     app.register_blueprint(exports.bp)
     app.register_blueprint(overview.bp)
+    app.register_blueprint(reports.bp)
     return app

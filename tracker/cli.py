@@ -105,7 +105,7 @@ def worker() -> None:
     runner = Worker(app)
 
     def _stop(_signum: int, _frame: Any) -> None:
-        runner.scheduler.shutdown(wait=True)  # let a send in flight record its outcome
+        runner.stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)

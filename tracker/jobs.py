@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from pathlib import Path
 
 from flask import Flask
 
-from . import correlation, expiry, overview, polling, sending
+from . import correlation, expiry, overview, polling, reports, sending
 from .db import db, write_tx
 from .models import Lease, utcnow
 
@@ -66,6 +67,20 @@ def roll_up(app: Flask) -> int:
     if days:
         log.info("rolled up %d day(s) for the overview", days)
     return days
+
+
+def write_reports(app: Flask) -> int:
+    """Write the scheduled reports whose latest closed period has no file yet."""
+    cfg = app.config["TRACKER"]
+    directory = Path(cfg["reports_dir"])
+    now = utcnow()
+    if not reports.due(cfg["reports"], now, directory):
+        return 0  # the usual minute: one stat per report, no database connection
+    with db.connection_context():
+        written = reports.run_due(cfg["reports"], now, directory=directory,
+                                  default_region=cfg["default_region"],
+                                  mask=cfg["mask_phone_numbers"])
+    return len(written)
 
 
 def hold_lease(name: str, owner: str, ttl_seconds: float) -> bool:

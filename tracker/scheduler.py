@@ -13,7 +13,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
 
 from . import jobs
@@ -21,6 +21,7 @@ from . import jobs
 log = logging.getLogger(__name__)
 LEASE_NAME = "worker"
 LEASE_SECONDS = 30.0
+REPORTS_INTERVAL = 60.0  # a report is written within this long after its `at`
 
 
 class Worker:
@@ -30,7 +31,8 @@ class Worker:
         self.app = app
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.is_leader = threading.Event()
-        self.scheduler = BlockingScheduler(
+        self.stopping = threading.Event()
+        self.scheduler = BackgroundScheduler(
             timezone="UTC",
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
         )
@@ -41,7 +43,11 @@ class Worker:
         self._every("rematch_orphans", jobs.rematch_orphans, cfg["orphan_rematch_seconds"])
         self._every("poll", jobs.poll, cfg["poll_interval_seconds"])
         self._every("expire", jobs.expire, cfg["expire_interval_seconds"])
-        self._every("roll_up", jobs.roll_up, 300)  # overview rollups: closed days only
+        # Overview rollups of closed hours and days: a period not rolled up yet is read live,
+        # so a longer interval makes the overview slower for a while, never wrong.
+        self._every("roll_up", jobs.roll_up, cfg["rollup_interval_seconds"])
+        if cfg["reports"]:
+            self._every("reports", jobs.write_reports, REPORTS_INTERVAL)
 
     def _every(self, name: str, job: Callable[[Flask], object], seconds: float) -> None:
         self.scheduler.add_job(self._guarded, "interval", seconds=seconds, id=name, name=name,
@@ -58,7 +64,7 @@ class Worker:
         (self.is_leader.set if leader else self.is_leader.clear)()
 
     def _guarded(self, name: str, job: Callable[[Flask], object]) -> None:
-        if not self.is_leader.is_set():
+        if self.stopping.is_set() or not self.is_leader.is_set():
             return
         try:
             job(self.app)
@@ -66,9 +72,21 @@ class Worker:
             log.exception("job %s failed; it runs again at its next period", name)
 
     def run(self) -> None:
-        """Block until SIGINT/SIGTERM."""
+        """Run the jobs until `stop()`, then wait for the jobs under way (a send in flight
+        records its outcome) and return."""
         log.info("worker %s starting", self.owner)
         self.scheduler.start()
+        while not self.stopping.wait(1.0):
+            pass
+        # Here, not in the signal handler: a handler runs between two bytecodes of the main
+        # thread and may find it holding a scheduler or logging lock that a job thread needs
+        # to finish, and waiting for that job there would wait forever.
+        self.scheduler.shutdown(wait=True)
+        log.info("worker %s stopped", self.owner)
+
+    def stop(self) -> None:
+        """Ask `run()` to return; safe to call from a signal handler."""
+        self.stopping.set()
 
 
 def _now() -> dt.datetime:

@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
     "orphan_rematch_seconds": 15.0,
     "poll_interval_seconds": 60.0,  # how often the worker looks for messages due a status poll
     "expire_interval_seconds": 60.0,  # how often it looks for messages past their validity
+    "rollup_interval_seconds": 300.0,  # how often it refreshes the overview's rollups
+    "reports": {},  # [reports.<name>] tables: scheduled report files (tracker.reports)
+    "reports_dir": None,  # default: instance/reports; relative: to the project folder
     "routes": {},  # destination -> providers in failover order (tracker.routing)
     "mask_phone_numbers": False,  # viewers see +7701•••••67; admins see every digit
     "providers": {"fake": {}},
@@ -62,6 +65,9 @@ TYPES: dict[str, type | tuple[type, ...]] = {
     "orphan_rematch_seconds": (int, float),
     "poll_interval_seconds": (int, float),
     "expire_interval_seconds": (int, float),
+    "rollup_interval_seconds": (int, float),
+    "reports": dict,
+    "reports_dir": str,
     "routes": dict,
     "mask_phone_numbers": bool,
     "providers": dict,
@@ -165,9 +171,12 @@ def _validate(cfg: dict[str, Any]) -> None:
     if cfg["default_provider"] not in cfg["providers"]:
         name = cfg["default_provider"]
         raise ConfigError(f"default_provider: {name!r} has no [providers.{name}] table")
-    from . import routing  # imports ConfigError from here
+    if cfg["rollup_interval_seconds"] <= 0:
+        raise ConfigError("rollup_interval_seconds: must be more than 0")
+    from . import reports, routing  # they import ConfigError from here
 
     cfg["routes"] = routing.validate(cfg["routes"], cfg["providers"])
+    cfg["reports"] = reports.validate(cfg["reports"])
 
 
 def _derive(cfg: dict[str, Any], instance: Path) -> None:
@@ -178,6 +187,8 @@ def _derive(cfg: dict[str, Any], instance: Path) -> None:
     if not cfg["secret_key"]:
         cfg["secret_key"] = _instance_secret(instance)
     cfg["public_base_url"] = cfg["public_base_url"].rstrip("/")
+    # The web app and the worker must agree on the folder whatever their working directory.
+    cfg["reports_dir"] = str(instance.parent / (cfg["reports_dir"] or instance / "reports"))
 
 
 def _instance_secret(instance: Path) -> str:
