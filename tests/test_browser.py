@@ -3,6 +3,8 @@ a message's timeline. Needs Debian's chromium and chromium-driver (.ci/run insta
 
 from __future__ import annotations
 
+import csv
+import io
 import shutil
 import tempfile
 import threading
@@ -54,6 +56,14 @@ def browser() -> Iterator[object]:
     shutil.rmtree(profile, ignore_errors=True)
 
 
+def log_in(browser, username: str) -> None:
+    """Fill in the login form the browser is on; it lands on the messages list."""
+    browser.find_element(By.NAME, "username").send_keys(username)
+    browser.find_element(By.NAME, "password").send_keys("correct horse battery")
+    browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+    WebDriverWait(browser, 10).until(expected_conditions.url_matches(r"/messages$"))
+
+
 def test_support_finds_a_message_and_reads_why(app, live_url, browser) -> None:
     accounts.create_user("ana", "correct horse battery", "viewer")
     message = sending.enqueue(sending.NewMessage(to="+77011234567", text="Your code is 1234",
@@ -67,10 +77,7 @@ def test_support_finds_a_message_and_reads_why(app, live_url, browser) -> None:
 
     browser.get(live_url + "/messages")
     assert "/auth/login" in browser.current_url
-    browser.find_element(By.NAME, "username").send_keys("ana")
-    browser.find_element(By.NAME, "password").send_keys("correct horse battery")
-    browser.find_element(By.CSS_SELECTOR, "form.login button").click()
-    WebDriverWait(browser, 10).until(expected_conditions.url_matches(r"/messages$"))
+    log_in(browser, "ana")
 
     search = browser.find_element(By.NAME, "q")
     search.send_keys("+7 701 123 45 67")  # as the customer dictated it
@@ -99,10 +106,7 @@ def test_admin_filters_and_replays_a_callback_after_a_dry_run(app, live_url, bro
     bad = stored_as_invalid(BODY)  # a postback an older parser could not read
 
     browser.get(live_url + "/auth/login")
-    browser.find_element(By.NAME, "username").send_keys("boss")
-    browser.find_element(By.NAME, "password").send_keys("correct horse battery")
-    browser.find_element(By.CSS_SELECTOR, "form.login button").click()
-    WebDriverWait(browser, 10).until(expected_conditions.url_matches(r"/messages$"))
+    log_in(browser, "boss")
 
     # A filter on the messages list: accepted ones only.
     Select(browser.find_element(By.NAME, "status")).select_by_value("accepted")
@@ -126,3 +130,59 @@ def test_admin_filters_and_replays_a_callback_after_a_dry_run(app, live_url, bro
     WebDriverWait(browser, 10).until(
         expected_conditions.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Replayed"))
     assert Message.get_by_id(message.id).status == "delivered"
+
+
+def test_viewer_downloads_a_csv_export_of_the_filtered_list(app, live_url, browser,
+                                                            tmp_path) -> None:
+    """A support user filters the messages list by status, clicks "CSV" under "Export:" and
+    Chromium saves a file holding exactly the messages the filter shows, and none of the others
+    (the app redirects a small export straight to the file; a slow one to its status page, whose
+    Download link is then clicked)."""
+    from selenium.webdriver.support.ui import Select
+    from test_exports import seed
+
+    from tracker.web import exports as web_exports
+
+    app.config["EXPORTS_DIR"] = str(tmp_path / "exports")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.execute_cdp_cmd("Browser.setDownloadBehavior",
+                            {"behavior": "allow", "downloadPath": str(downloads)})
+    accounts.create_user("ana", "correct horse battery", "viewer")
+    seed(12)  # every 3rd delivered, the rest failed; skycore and fake alternate
+    delivered = {m.reference for m in Message.select().where(Message.status == "delivered")}
+    others = {m.reference for m in Message.select().where(Message.status != "delivered")}
+    assert len(delivered) == 4 and len(others) == 8
+
+    browser.get(live_url + "/auth/login")
+    log_in(browser, "ana")
+
+    Select(browser.find_element(By.NAME, "status")).select_by_value("delivered")
+    browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    WebDriverWait(browser, 10).until(expected_conditions.url_contains("status=delivered"))
+    shown = {row.find_element(By.CSS_SELECTOR, "td:nth-child(5)").text
+             for row in browser.find_elements(By.CSS_SELECTOR, "table.list tbody tr.m")}
+    assert shown == delivered
+
+    browser.find_element(By.CSS_SELECTOR, "p.exports").find_element(By.LINK_TEXT, "CSV").click()
+
+    def finished_file(driver) -> list:
+        files = [p for p in downloads.iterdir() if not p.name.endswith(".crdownload")]
+        if not files and "/exports/" in driver.current_url:  # the status page of a slow job
+            done = driver.find_elements(By.CSS_SELECTOR, "p.export-done a")
+            if done:
+                done[0].click()
+        return files
+
+    browser.implicitly_wait(0)  # polled: a missing element must not block for 5 s
+    files = WebDriverWait(browser, 40, poll_frequency=0.2).until(
+        finished_file, message=f"no finished download in {downloads}")
+    assert len(files) == 1 and files[0].name.startswith("messages-") and files[0].suffix == ".csv"
+    rows = list(csv.DictReader(io.StringIO(files[0].read_text(encoding="utf-8"), newline="")))
+    assert {r["reference"] for r in rows} == shown and not {r["reference"] for r in rows} & others
+    assert {int(r["id"]) for r in rows} == {
+        m.id for m in Message.select().where(Message.reference.in_(shown))}
+    assert {r["status"] for r in rows} == {"delivered"} and len(rows) == len(shown)
+    for child in list(web_exports._children.values()):  # it may still be closing its database
+        child.wait(timeout=30)
+    web_exports._reap()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
+import urllib.parse
 
 import pytest
 
 from tracker import accounts, reporting, sending
-from tracker.models import Message
+from tracker.models import Callback, Message
 from tracker.providers.base import SendResult
 from tracker.status import RANK, Status, order_key
 
@@ -91,6 +93,27 @@ def test_list_filter_search_and_message_page(client, staff) -> None:
     assert page.headers["Content-Security-Policy"].startswith("default-src 'self'")
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     assert client.get("/messages/999999").status_code == 404
+
+
+def _raw(body: bytes, content_type: str = "text/xml") -> Callback:
+    return Callback(body=body, headers=json.dumps([["Content-Type", content_type]]))
+
+
+def test_raw_bodies_are_pretty_printed_for_reading_and_never_expanded() -> None:
+    """Support staff read raw callbacks: XML and JSON indented, a form one field a line (its
+    xml= value indented too); anything refused by the safe parser is shown as it came."""
+    xml = b"<POSTBACK><CODE>N202</CODE><TO>77015550142</TO></POSTBACK>"
+    assert reporting.pretty_body(_raw(xml)) == (
+        "<POSTBACK>\n  <CODE>N202</CODE>\n  <TO>77015550142</TO>\n</POSTBACK>")
+    form = b"xml=" + urllib.parse.quote(xml).encode() + b"&x=1"
+    assert reporting.pretty_body(_raw(form, "application/x-www-form-urlencoded")) == (
+        "xml = <POSTBACK>\n  <CODE>N202</CODE>\n  <TO>77015550142</TO>\n</POSTBACK>\nx = 1")
+    assert reporting.pretty_body(_raw(b'{"a": [1]}', "application/json")) == (
+        '{\n  "a": [\n    1\n  ]\n}')
+    bomb = (b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;">]>'
+            b"<l>&b;</l>")
+    for verbatim in (bomb, b"<A><B></A>", b"not xml & not json"):
+        assert reporting.pretty_body(_raw(verbatim)) == verbatim.decode()
 
 
 # -- the messages list: filters, search, counts, paging ------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import urllib.parse
 from collections import namedtuple
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -12,7 +13,7 @@ from typing import Any
 
 import peewee as pw
 
-from . import phones
+from . import phones, safexml
 from .db import db, is_sqlite
 from .models import Callback, Event, Message
 from .status import Status
@@ -377,10 +378,33 @@ def _search_where(q: str, default_region: str) -> tuple[str, list[Any]]:
 
 
 def pretty_body(callback: Callback) -> str:
-    """The raw body as text for display: JSON indented, anything else decoded as-is."""
-    raw = bytes(callback.body)
-    text = raw.decode("utf-8", errors="replace")
+    """The raw body as text for display: JSON and XML indented, a form one field a line (each
+    value indented in turn when it is JSON or XML), anything else decoded as it is. Display
+    only: the stored body stays verbatim, and the template escapes whatever this returns."""
+    text = bytes(callback.body).decode("utf-8", errors="replace")
+    if "form-urlencoded" in _content_type(callback) and "=" in text:
+        fields = urllib.parse.parse_qsl(text, keep_blank_values=True)
+        if fields:
+            return "\n".join(f"{name} = {_indented(value)}" for name, value in fields)
+    return _indented(text)
+
+
+def _indented(text: str) -> str:
+    stripped = text.strip()
+    if stripped.startswith(("{", "[")):
+        try:
+            return json.dumps(json.loads(stripped), indent=2, ensure_ascii=False)
+        except ValueError:
+            return text
+    if stripped.startswith("<"):
+        return safexml.pretty(stripped.encode()) or text
+    return text
+
+
+def _content_type(callback: Callback) -> str:
     try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+        headers = json.loads(callback.headers or "[]")
     except ValueError:
-        return text
+        return ""
+    return next((value.lower() for name, value in headers if name.lower() == "content-type"),
+                "")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 
 # Element/TreeBuilder only build the tree; all parsing goes through DefusedXMLParser.
-from xml.etree.ElementTree import Element, TreeBuilder
+from xml.etree.ElementTree import Element, TreeBuilder, indent, tostring
 from xml.parsers.expat.errors import (
     XML_ERROR_INCORRECT_ENCODING,
     XML_ERROR_UNKNOWN_ENCODING,
@@ -130,6 +130,19 @@ def parse(data: bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH
         raise
     except (ParseError, ValueError, LookupError) as exc:  # DefusedXmlException is a ValueError
         raise _refusal(exc) from exc
+
+
+def pretty(data: bytes) -> str | None:
+    """An untrusted XML body indented for reading (dashboards), or None when it is refused or
+    namespaced (re-serializing would rename the prefixes: show those as they came)."""
+    try:
+        root = parse(data)
+    except XMLRefused:
+        return None
+    if any(el.tag.startswith("{") for el in root.iter()):
+        return None
+    indent(root)
+    return tostring(root, encoding="unicode")
 
 
 @functools.lru_cache(maxsize=1024)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from flask import (
@@ -36,6 +37,14 @@ def phone(number: str | None) -> str:
             current_user, "is_admin", False):
         return number
     return mask_phone(number)
+
+
+@bp.app_template_filter("utc")
+def utc(when: dt.datetime | None) -> str:
+    """A stored (naive UTC) time to the millisecond, as receipts are compared, marked UTC."""
+    if when is None:
+        return "—"
+    return when.strftime("%Y-%m-%d %H:%M:%S.") + f"{when.microsecond // 1000:03d} UTC"
 
 
 @bp.app_template_filter("hide_phone")
