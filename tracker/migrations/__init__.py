@@ -13,10 +13,17 @@ import peewee
 
 from ..db import is_sqlite, write_tx
 from ..models import SchemaMigration, utcnow
-from . import m0001_initial, m0002_sending, m0003_dashboard, m0004_accounts, m0005_rollups
+from . import (
+    m0001_initial,
+    m0002_sending,
+    m0003_dashboard,
+    m0004_accounts,
+    m0005_rollups,
+    m0006_search_cover,
+)
 
 MIGRATIONS = [m0001_initial, m0002_sending, m0003_dashboard, m0004_accounts,
-              m0005_rollups]
+              m0005_rollups, m0006_search_cover]
 
 
 def applied_versions(database: peewee.Database) -> set[int]:
