@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -101,6 +102,20 @@ def test_export_is_exactly_what_the_filter_shows_across_batches(app, tmp_path, f
     got = read_any(fmt, out)
     assert [int(r["id"]) for r in got] == expected
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_writer_that_stops_early_lets_the_reader_thread_go(app) -> None:
+    """Batches are read ahead in a thread; when writing fails (disk full, client gone) the
+    export must end at once, not leave a reader blocked on a batch no one takes."""
+    seed(40)
+    before = threading.active_count()
+    batches = exports._batches([Message.id], reporting.MessageFilter(), "", 4)
+    assert [row[0] for row in next(batches)] == [m.id for m in Message.select().order_by(
+        Message.id).limit(4)]
+    started = time.monotonic()
+    batches.close()  # what an exception in the writer's loop does to the generator
+    assert time.monotonic() - started < 2
+    assert threading.active_count() == before
 
 
 def test_columns_times_and_delivered_latency(app, tmp_path) -> None:

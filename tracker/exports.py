@@ -25,7 +25,8 @@ is its own read: a long export is not one snapshot (a status may change between 
 Speed: for the text formats the database does the per-value work (times formatted, latency
 computed, CSV neutralization) and rows come raw from the cursor, straight into csv.writer:
 formatting in Python (or peewee's strptime per datetime) was half the time of a CSV export.
-bench/export.py measures 1 M rows at about 10-14 s on this 2-core VM depending on its load.
+The next batch is read while the last is written (`_batches`). bench/export.py measures 1 M
+rows in 9.5-11.3 s on SQLite and 6.4-7.6 s on Postgres on this 2-core VM (every format).
 
 XLSX: tracker/xlsx.py, a small streaming writer (rows go into the ZIP as they come; memory is
 one batch). The database renders each row's finished XML cells in one printf/format call, so
@@ -58,7 +59,9 @@ import csv
 import dataclasses
 import json
 import os
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -120,7 +123,49 @@ def phone_cell(value: str | None, excel: bool) -> str | None:
 def _batches(fields: list[Any], flt: reporting.MessageFilter, default_region: str,
              batch_size: int) -> Iterator[list[Row]]:
     """The filter's messages, oldest first, `batch_size` raw rows at a time (keyset on id;
-    the id must be the first field)."""
+    the id must be the first field), each batch read while the caller writes the one before.
+
+    The reads run in a thread on its own connection: while the database works (SQLite and
+    psycopg2 release the GIL) the caller formats and writes, so an export takes about the
+    longer of the two rather than their sum (1 M rows on Postgres: 12.4 -> 6.7 s for CSV for
+    Excel, 12.6 -> 7.6 s for JSON Lines; on SQLite 5-10 % less). One
+    batch waits at most, so memory stays one or two batches whatever the row count."""
+    ready: queue.Queue[list[Row] | BaseException | None] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def offer(item: list[Row] | BaseException | None) -> bool:
+        while not stop.is_set():  # a bounded wait: the caller may have stopped taking
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            with db.connection_context():
+                for batch in _read_batches(fields, flt, default_region, batch_size):
+                    if not offer(batch):
+                        return
+            offer(None)
+        except BaseException as exc:
+            offer(exc)
+
+    reader = threading.Thread(target=read, name="export-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()  # the caller stopped early (an error while writing): let the reader go
+        reader.join()
+
+
+def _read_batches(fields: list[Any], flt: reporting.MessageFilter, default_region: str,
+                  batch_size: int) -> Iterator[list[Row]]:
     flt = dataclasses.replace(flt, before=None)  # pagination: an export is every page
     top = Message.select(Message.id).order_by(Message.id.desc()).limit(1).scalar()
     if top is None:
