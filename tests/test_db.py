@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import peewee
 import pytest
 
 from tracker import migrations
@@ -92,3 +93,21 @@ def test_a_failed_transaction_is_not_synced(tmp_path: Path,
         assert execute("SELECT count(*) FROM lease").fetchone()[0] == 0
     finally:
         database.close()
+
+
+def test_prepared_statements_run_once_prepared_per_connection(app) -> None:
+    """The callback path's statements run as server-side prepared statements on Postgres
+    (parsed and planned once per connection); on SQLite `prepare` changes nothing. Results
+    are those of the plain statement, and a rolled-back transaction keeps the statement."""
+    sql = "SELECT ? + 1, ?"
+    assert tuple(execute(sql, (1, "a"), prepare=True).fetchone()) == (2, "a")
+    assert tuple(execute(sql, (41, "b"), prepare=True).fetchone()) == (42, "b")
+    if isinstance(db.obj, peewee.SqliteDatabase):
+        return
+    names = [row[0] for row in execute(
+        "SELECT name FROM pg_prepared_statements WHERE name LIKE ?", ("tracker_%",)).fetchall()]
+    assert len(names) == 1
+    with pytest.raises(peewee.IntegrityError), write_tx():
+        assert tuple(execute(sql, (2, "c"), prepare=True).fetchone()) == (3, "c")
+        execute("INSERT INTO api_key (name) VALUES (NULL)")  # fails: the transaction rolls back
+    assert tuple(execute(sql, (3, "d"), prepare=True).fetchone()) == (4, "d")

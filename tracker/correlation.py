@@ -102,11 +102,11 @@ def match(receipt: Receipt) -> Match:
     dedupe = dedupe_key(receipt)
     row = None
     if receipt.reference:
-        row = execute(_MATCH_BY_REFERENCE, (dedupe, receipt.reference,
-                                            receipt.provider)).fetchone()
+        row = execute(_MATCH_BY_REFERENCE, (dedupe, receipt.reference, receipt.provider),
+                      prepare=True).fetchone()
     if receipt.provider_message_id and (row is None or row[0] is None):
-        row = execute(_MATCH_BY_PMID, (dedupe, receipt.provider,
-                                       receipt.provider_message_id)).fetchone()
+        row = execute(_MATCH_BY_PMID, (dedupe, receipt.provider, receipt.provider_message_id),
+                      prepare=True).fetchone()
     if row is None or row[0] is None:
         return Match(receipt, None, bool(row and row[4]), None)
     if row[4]:

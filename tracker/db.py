@@ -26,11 +26,15 @@ import contextlib
 import datetime as dt
 import fcntl
 import functools
+import hashlib
+import itertools
 import os
+import re
 import signal
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
@@ -226,10 +230,43 @@ def _placeholder_sql(sql: str, param: str) -> str:
     return sql if param == "?" else sql.replace("?", param)
 
 
-def execute(sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
-    """Run hand-written SQL written with `?` placeholders on either database."""
+def execute(sql: str, params: tuple[Any, ...] | list[Any] = (), prepare: bool = False) -> Any:
+    """Run hand-written SQL written with `?` placeholders on either database.
+
+    `prepare`: on Postgres, run it as a server-side prepared statement (for the callback path's
+    statements, which run for every receipt). Postgres then parses and plans it once per
+    connection instead of every time: half of a 0.25 ms match query, a fifth of the 0.6 ms store
+    statement, CPU the server shares with the app on a small machine. (Not through a pooler in
+    transaction mode, such as PgBouncer's, which does not keep a session's prepared
+    statements; SQLite's own module already caches its statements.)"""
     database = db.obj
+    if prepare and isinstance(database, PostgresDatabase):
+        return _execute_prepared(database, sql, params)
     return database.execute_sql(_placeholder_sql(sql, database.param), params)
+
+
+_prepared_on: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
+@functools.lru_cache(maxsize=64)
+def _prepared_statement(sql: str) -> tuple[str, str]:
+    """(name, PREPARE statement) for `sql`: the name is derived from the text, so a changed
+    statement never runs under an old name."""
+    name = "tracker_" + hashlib.sha1(sql.encode(), usedforsecurity=False).hexdigest()[:16]
+    numbers = itertools.count(1)
+    return name, f"PREPARE {name} AS " + re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
+
+
+def _execute_prepared(database: PostgresDatabase, sql: str,
+                      params: tuple[Any, ...] | list[Any]) -> Any:
+    name, prepare = _prepared_statement(sql)
+    done = _prepared_on.setdefault(database.connection(), set())
+    if name not in done:
+        with peewee.__exception_wrapper__:  # psycopg2 errors as peewee's (UNAVAILABLE_ERRORS)
+            database.cursor().execute(prepare)  # a session's statement: survives a rollback
+        done.add(name)
+    arguments = f" ({', '.join(['%s'] * len(params))})" if params else ""
+    return database.execute_sql(f"EXECUTE {name}{arguments}", params)
 
 
 def init_app(app: Any) -> None:

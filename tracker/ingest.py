@@ -79,7 +79,7 @@ def _store_and_apply_postgres(callback_row: tuple, detail: str | None, found: Ma
         r.status.value, RANK[r.status], order_key(r.status, r.occurred_at), r.occurred_at,
         r.error_code, r.detail, utcnow(), found.message_id, applies,
         *guard_params(r.status, r.occurred_at),
-    )).fetchone()
+    ), prepare=True).fetchone()
     if found.duplicate:
         return expected
     if event_id is None:  # a concurrent copy was stored between the SELECT and this statement
