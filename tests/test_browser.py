@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import shutil
 import tempfile
 import threading
@@ -24,8 +25,11 @@ from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMEDRIVER = shutil.which("chromedriver")
+# Skipped on a developer's machine without it; under CI (which installs it) a missing driver
+# fails these tests instead of hiding them.
 pytestmark = pytest.mark.skipif(
-    CHROMEDRIVER is None, reason="chromium-driver not installed (apt-get install chromium-driver)")
+    CHROMEDRIVER is None and os.environ.get("CI") != "true",
+    reason="chromium-driver not installed (apt-get install chromium chromium-driver)")
 
 
 @pytest.fixture
