@@ -218,8 +218,8 @@ def start_tracker(run_dir: Path, *, database_url: str, skycore_url: str | None =
                   env: dict[str, str] | None = None, **settings: Any) -> TrackerServer:
     """Write the configuration into `run_dir` and start `tracker serve` on 127.0.0.1.
 
-    Skycore is configured when `skycore_url` or `skycore` is given; `providers` adds more
-    [providers.<slug>] tables. The environment is this one without TRACKER_* variables, plus
+    `fake` is configured; Skycore too when `skycore_url` or `skycore` is given; `providers` adds
+    more [providers.<slug>] tables. The environment is this one without TRACKER_* variables, plus
     TRACKER_CONFIG and `env`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -231,7 +231,9 @@ def start_tracker(run_dir: Path, *, database_url: str, skycore_url: str | None =
         "orphan_rematch_seconds": 0.5,
         "web_workers": 2,
         **settings,
-        "providers": {**({"skycore": skycore or skycore_settings(skycore_url)}
+        # fake too (the default provider unless a test names another), as a real configuration
+        # must name it beside real providers to keep it
+        "providers": {"fake": {}, **({"skycore": skycore or skycore_settings(skycore_url)}
                          if skycore or skycore_url else {}), **(providers or {})},
     }
     config_path = write_config(run_dir / "tracker.toml", config)

@@ -39,7 +39,7 @@ def test_keys_users_send(tmp_path) -> None:
 
 def test_bad_config_fails_naming_the_key(tmp_path) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text('[providers.skycore]\napi_key = "k"\n')
+    config.write_text('default_provider = "skycore"\n[providers.skycore]\napi_key = "k"\n')
     env_run = run(tmp_path, "db", "upgrade")
     assert env_run.returncode == 0
     os.environ["TRACKER_CONFIG"] = str(config)

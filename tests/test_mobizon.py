@@ -570,7 +570,8 @@ def test_a_bad_sign_is_stored_unauthorized_not_applied_and_replayable(database_u
     from tracker.models import Callback, Event
 
     mobizon = {"api_key": KEY, "callback_token": "mz-token", "webhook_secret": "secret123"}
-    app = build_app(make_config(database_url, providers={"mobizon": mobizon}))
+    app = build_app(make_config(database_url, providers={"mobizon": mobizon},
+                                default_provider="mobizon"))
     client = app.test_client()
     path = "/callbacks/mobizon/mz-token"
     forged = signed_sample(VECTOR_1[:-1] + "1")

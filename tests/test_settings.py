@@ -13,6 +13,7 @@ SKY = {"api_key": "k", "shortcode": "1", "callback_token": "t"}
 def test_layers_defaults_file_env_test(tmp_path, monkeypatch) -> None:
     config = tmp_path / "tracker.toml"
     config.write_text('default_region = "KZ"\ncallback_max_bytes = 2048\n'
+                      'default_provider = "skycore"\n'
                       '[providers.skycore]\napi_key = "from-file"\nshortcode = "60856"\n'
                       'callback_token = "tok"\n')
     monkeypatch.setenv("TRACKER_CONFIG", str(config))
@@ -26,6 +27,18 @@ def test_layers_defaults_file_env_test(tmp_path, monkeypatch) -> None:
     assert cfg["database_url"].startswith("sqlite:///") and cfg["secret_key"]
 
 
+def test_fake_is_configured_only_until_real_providers_are(tmp_path) -> None:
+    """Out of the box the offline provider is there; a deployment that names its providers
+    has those alone (its dashboard offers no "fake"), unless it names fake too."""
+    assert set(load(str(tmp_path), {})["providers"]) == {"fake"}
+    real = {"providers": {"skycore": SKY}, "default_provider": "skycore"}
+    assert set(load(str(tmp_path), real)["providers"]) == {"skycore"}
+    both = {"providers": {"skycore": SKY, "fake": {}}}
+    assert set(load(str(tmp_path), both)["providers"]) == {"skycore", "fake"}
+    with pytest.raises(ConfigError, match=r"default_provider: required .* one of: skycore"):
+        load(str(tmp_path), {"providers": {"skycore": SKY}})
+
+
 def test_secret_key_is_generated_once_outside_the_repo(tmp_path) -> None:
     first = load(str(tmp_path), {})["secret_key"]
     assert first == load(str(tmp_path), {})["secret_key"] and len(first) > 40
@@ -33,11 +46,12 @@ def test_secret_key_is_generated_once_outside_the_repo(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("overrides", "named"), [
-    ({"providers": {"skycore": {"shortcode": "1", "callback_token": "t"}}},
+    ({"providers": {"fake": {}, "skycore": {"shortcode": "1", "callback_token": "t"}}},
      "providers.skycore.api_key"),
-    ({"providers": {"skycore": {**SKY, "apikey": "x"}}}, "providers.skycore.apikey"),
-    ({"providers": {"skycore": {**SKY, "api_key": 5}}}, "providers.skycore.api_key"),
-    ({"providers": {"nosuch": {}}}, "providers.nosuch"),
+    ({"providers": {"fake": {}, "skycore": {**SKY, "apikey": "x"}}}, "providers.skycore.apikey"),
+    ({"providers": {"fake": {}, "skycore": {**SKY, "api_key": 5}}}, "providers.skycore.api_key"),
+    ({"providers": {"fake": {}, "nosuch": {}}}, "providers.nosuch"),
+    ({"providers": {"skycore": SKY}}, "default_provider"),  # fake no longer there
     ({"callback_max_bytes": "big"}, "callback_max_bytes"),
     ({"databse_url": "x"}, "databse_url"),
     ({"default_provider": "skycore"}, "default_provider"),

@@ -77,12 +77,17 @@ TYPES: dict[str, type | tuple[type, ...]] = {
 def load(instance_path: str, test_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge every layer and validate the top-level keys."""
     merged = copy.deepcopy(DEFAULTS)
+    layers = [from_env(os.environ), copy.deepcopy(test_config or {})]
     config_file = os.environ.get(ENV_PREFIX + "CONFIG")
     if config_file:
-        _merge(merged, _read_toml(config_file))
-    _merge(merged, from_env(os.environ))
-    if test_config:
-        _merge(merged, copy.deepcopy(test_config))
+        layers.insert(0, _read_toml(config_file))
+    if any(layer.get("providers") for layer in layers):
+        # The offline `fake` provider stands in only until real ones are configured: a
+        # deployment's provider list (its dashboard filters, its health table) holds what its
+        # configuration names. Name [providers.fake] to keep it beside them.
+        merged["providers"] = {}
+    for layer in layers:
+        _merge(merged, layer)
     _validate(merged)
     _derive(merged, Path(instance_path))
     return merged
@@ -170,6 +175,9 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("public_base_url: must start with http:// or https://")
     if cfg["default_provider"] not in cfg["providers"]:
         name = cfg["default_provider"]
+        if name == DEFAULTS["default_provider"]:  # not set, and fake is not configured
+            raise ConfigError(f"default_provider: required when [providers.fake] is not"
+                              f" configured; one of: {', '.join(sorted(cfg['providers']))}")
         raise ConfigError(f"default_provider: {name!r} has no [providers.{name}] table")
     if cfg["rollup_interval_seconds"] <= 0:
         raise ConfigError("rollup_interval_seconds: must be more than 0")
