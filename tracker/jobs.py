@@ -61,12 +61,12 @@ def expire(app: Flask) -> int:
 
 
 def roll_up(app: Flask) -> int:
-    """Refresh the overview's daily rollups (closed days missing or changed since)."""
+    """Refresh the overview's rollups (closed hours and days missing or changed since)."""
     with db.connection_context():
-        days = overview.roll_up()
-    if days:
-        log.info("rolled up %d day(s) for the overview", days)
-    return days
+        periods = overview.roll_up()
+    if periods:
+        log.info("rolled up %d period(s) for the overview", periods)
+    return periods
 
 
 def write_reports(app: Flask) -> int:
