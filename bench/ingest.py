@@ -427,6 +427,9 @@ def write_config(tmp: Path, target: Target, port: int, token: str,
         f'database_url = "{target.url}"\n'
         f'public_base_url = "http://127.0.0.1:{port}"\n'
         f'secret_key = "{secrets.token_urlsafe(32)}"\n'
+        # A configuration that names its providers has those alone, and must say which one
+        # is the default (tracker.settings): Skycore is the only one here.
+        'default_provider = "skycore"\n'
         f"{extra}"
         "\n[providers.skycore]\n"
         'api_key = "bench-api-key"\n'
@@ -749,7 +752,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --pyspy: include idle samples (lock waits, I/O) = wall time")
     parser.add_argument("--pyspy-rate", type=int, default=200, help="py-spy samples/s")
     parser.add_argument("--results", type=Path, default=None, help="JSON lines file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("duration", "warmup"):
+        if getattr(args, name) != int(getattr(args, name)):
+            parser.error(f"--{name}: wrk takes whole seconds, got {getattr(args, name):g}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
