@@ -176,7 +176,7 @@ def rematch_orphans(provider: str, provider_message_id: str, message_id: int) ->
     for event_id, status, raw_status, error_code, detail, occurred_at in rows:
         receipt = Receipt(provider=provider, status=Status(status), raw_status=raw_status,
                           provider_message_id=provider_message_id, error_code=error_code,
-                          detail=detail, occurred_at=_as_datetime(occurred_at))
+                          detail=detail, occurred_at=as_datetime(occurred_at))
         current = _current(execute(_SELECT_BY_ID, (message_id,)).fetchone())
         decision = decide(current, receipt.status, receipt.occurred_at)
         applied = decision.applies and _update_status(message_id, receipt)
@@ -235,7 +235,7 @@ def _current(row: tuple) -> Current:
     return Current(status=Status(row[1]), order=row[2], inferred=bool(row[3]))
 
 
-def _as_datetime(value: object) -> dt.datetime | None:
+def as_datetime(value: object) -> dt.datetime | None:
     """SQLite hands timestamps back as text from raw SQL; Postgres as datetime."""
     if value is None or isinstance(value, dt.datetime):
         return value

@@ -8,24 +8,11 @@ from pathlib import Path
 
 from flask import Flask
 
-from . import correlation, expiry, overview, polling, reports, sending
+from . import correlation, expiry, overview, polling, reports
 from .db import db, write_tx
 from .models import Lease, utcnow
 
 log = logging.getLogger(__name__)
-
-
-def dispatch(app: Flask) -> int:
-    """Submit due messages through their providers."""
-    cfg = app.config["TRACKER"]
-    with db.connection_context():
-        tried = sending.dispatch(
-            app.extensions["providers"], batch_size=cfg["dispatch_batch_size"],
-            max_attempts=cfg["send_max_attempts"], backoff_seconds=cfg["send_backoff_seconds"],
-        )
-    if tried:
-        log.info("dispatched %d message(s)", tried)
-    return tried
 
 
 def rematch_orphans(app: Flask) -> int:
@@ -97,3 +84,9 @@ def hold_lease(name: str, owner: str, ttl_seconds: float) -> bool:
         inserted = (Lease.insert(name=name, owner=owner, expires_at=expires)
                     .on_conflict(conflict_target=[Lease.name], action="NOTHING").execute())
         return bool(inserted) and Lease.get_by_id(name).owner == owner
+
+
+def release_lease(name: str, owner: str) -> None:
+    """Give up the named lease now (a graceful stop), if this owner holds it."""
+    with db.connection_context(), write_tx():
+        Lease.delete().where((Lease.name == name) & (Lease.owner == owner)).execute()

@@ -43,6 +43,8 @@ class Message(BaseModel):
     send_at = pw.DateTimeField(null=True)
     due_at = pw.DateTimeField(null=True)  # when the dispatcher should (re)try; null = not due
     claimed_until = pw.DateTimeField(null=True)  # a dispatcher's lease on this row
+    claimed_by = pw.CharField(max_length=128, null=True)  # which dispatcher (host:pid:nonce)
+    send_started_at = pw.DateTimeField(null=True)  # a send in flight (m0007): never resent
     attempts = pw.IntegerField(default=0)
     submitted_at = pw.DateTimeField(null=True)
     created_at = pw.DateTimeField(default=utcnow)
@@ -123,6 +125,9 @@ class Event(BaseModel):
 Message.add_index(Message.index(Message.expires_at, where=Message.status_rank < 3))
 Message.add_index(Message.index(Message.provider, Message.poll_at,
                                 where=Message.status_rank < 3))
+# Sends in flight, for the job that finds the lost ones (a handful of rows at any time).
+Message.add_index(Message.index(Message.claimed_until,
+                                where=Message.send_started_at.is_null(False)))
 Message.add_index(Message.index(Message.resent_from, where=Message.resent_from.is_null(False)))
 
 

@@ -1,7 +1,10 @@
-"""The worker: one APScheduler process running the jobs, never inside a web worker.
+"""The worker: the dispatcher, and one APScheduler running the periodic jobs; never inside a web
+worker.
 
-Several workers may be started (hosts that fail over); a lease row in the database lets one of
-them run the jobs while the others wait, so every job body runs once per period.
+Every worker dispatches (on Postgres, any number of hosts share one queue: claims skip rows
+another holds). The periodic jobs (poll, expiry, orphan re-match, rollups, reports) run only in
+the worker holding a lease row in the database, so every job body runs once per period; the
+others stand by and take over when the lease is released (at a graceful stop) or runs out.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
 
 from . import jobs
+from .db import db
+from .dispatcher import Dispatcher, claim_limit_for
 
 log = logging.getLogger(__name__)
 LEASE_NAME = "worker"
@@ -39,7 +44,6 @@ class Worker:
         cfg = app.config["TRACKER"]
         self.scheduler.add_job(self._renew_lease, "interval", seconds=LEASE_SECONDS / 3,
                                id="lease", name="lease", next_run_time=_now())
-        self._every("dispatch", jobs.dispatch, cfg["dispatch_interval_seconds"])
         self._every("rematch_orphans", jobs.rematch_orphans, cfg["orphan_rematch_seconds"])
         self._every("poll", jobs.poll, cfg["poll_interval_seconds"])
         self._every("expire", jobs.expire, cfg["expire_interval_seconds"])
@@ -72,9 +76,12 @@ class Worker:
             log.exception("job %s failed; it runs again at its next period", name)
 
     def run(self) -> None:
-        """Run the jobs until `stop()`, then wait for the jobs under way (a send in flight
-        records its outcome) and return."""
+        """Dispatch and run the jobs until `stop()`; then let the sends under way finish and
+        be recorded, wait for the jobs under way, and give up the lease at once (a standby
+        worker takes over at its next renewal instead of when the lease runs out)."""
         log.info("worker %s starting", self.owner)
+        dispatcher = threading.Thread(target=self._dispatch, name="dispatcher")
+        dispatcher.start()
         self.scheduler.start()
         while not self.stopping.wait(1.0):
             pass
@@ -82,7 +89,27 @@ class Worker:
         # thread and may find it holding a scheduler or logging lock that a job thread needs
         # to finish, and waiting for that job there would wait forever.
         self.scheduler.shutdown(wait=True)
+        if self.is_leader.is_set():
+            try:
+                jobs.release_lease(LEASE_NAME, self.owner)
+            except Exception:
+                log.exception("could not release the worker lease; it runs out by itself")
+        dispatcher.join()
         log.info("worker %s stopped", self.owner)
+
+    def _dispatch(self) -> None:
+        cfg = self.app.config["TRACKER"]
+        providers = self.app.extensions["providers"]
+        engine = Dispatcher(
+            providers, max_attempts=cfg["send_max_attempts"],
+            backoff_seconds=cfg["send_backoff_seconds"],
+            interval=cfg["dispatch_interval_seconds"],
+            claim_limit=claim_limit_for(providers, cfg["dispatch_batch_size"]))
+        try:
+            engine.run(self.stopping)
+        finally:
+            if not db.is_closed():
+                db.close()
 
     def stop(self) -> None:
         """Ask `run()` to return; safe to call from a signal handler."""

@@ -11,11 +11,10 @@ import datetime as dt
 import logging
 import random
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import correlation, phones, routing, throttle
+from . import correlation, phones, routing, wakeup
 from .db import execute, is_sqlite, write_tx
 from .models import Event, Message, utcnow
 from .providers.base import OutboundMessage, Provider, SendError, SendResult
@@ -24,10 +23,6 @@ from .status import Status, order_key
 
 log = logging.getLogger(__name__)
 
-CLAIM_SECONDS = 120  # a dispatcher's lease on a claimed batch
-# Once a send starts, the message is held for this long: a dispatcher that dies mid-send must
-# not let another one resend blindly (the provider may have accepted it).
-SEND_LEASE_SECONDS = 3600
 
 
 class SendRejected(ValueError):
@@ -131,6 +126,8 @@ def enqueue(new: NewMessage, *, source: str) -> Message:
         if new.rule != EXPLICIT:  # a named provider is the caller's choice, not a decision
             Event.create(message=message, kind="routed", source=source, provider=new.provider,
                          received_at=now, detail=new.route_description())
+        if not scheduled:
+            wakeup.notify()  # a dispatcher sends it now rather than at its next look
     return message
 
 
@@ -139,91 +136,146 @@ def new_reference() -> str:
     return "m" + secrets.token_hex(12)
 
 
-def claim_due(limit: int, now: dt.datetime | None = None) -> list[Message]:
-    """Claim due messages for this dispatcher; two dispatchers never claim the same one."""
+# A claimed message no dispatcher has started to send goes back to the queue after this long.
+CLAIM_SECONDS = 120
+# How long past its request timeout a send in flight is held before any dispatcher may declare
+# its outcome unknown (the request, answer and the recording of it fit well within this).
+SEND_LEASE_MARGIN = 10.0
+_PENDING = "status IN ('queued', 'scheduled')"
+_FIELDS = Message._meta.sorted_fields
+_COLUMNS = ", ".join(f'"{f.column_name}"' for f in _FIELDS)
+
+
+def claim_due(owner: str, limit: int, skip: list[str] | None = None,
+              now: dt.datetime | None = None) -> list[Message]:
+    """Claim up to `limit` due messages (not of the providers in `skip`) for `owner`.
+
+    One statement: two dispatchers never claim the same message (Postgres: `FOR UPDATE SKIP
+    LOCKED`, so every host shares one queue without waiting on another's rows; SQLite: the
+    writer lock serialises). A claim is not a send: until `start_sends` a message may still be
+    canceled, and a dispatcher that dies holding claims only delays them by CLAIM_SECONDS."""
+    if limit <= 0:
+        return []
     now = now or utcnow()
-    lock = "" if is_sqlite() else " FOR UPDATE SKIP LOCKED"  # SQLite: the writer lock serialises
+    lock = "" if is_sqlite() else " FOR UPDATE SKIP LOCKED"
+    only = f" AND provider NOT IN ({', '.join('?' * len(skip))})" if skip else ""
     with write_tx():
         rows = execute(
-            "UPDATE message SET claimed_until = ? WHERE id IN ("  # noqa: S608
-            " SELECT id FROM message WHERE due_at <= ? AND status IN ('queued', 'scheduled')"
+            "UPDATE message SET claimed_until = ?, claimed_by = ? WHERE id IN ("  # noqa: S608
+            f" SELECT id FROM message WHERE due_at <= ? AND {_PENDING}{only}"
             " AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY due_at LIMIT ?"
-            f"{lock}) RETURNING id",
-            (now + dt.timedelta(seconds=CLAIM_SECONDS), now, now, limit),
+            f"{lock}) RETURNING {_COLUMNS}",
+            (now + dt.timedelta(seconds=CLAIM_SECONDS), owner, now, *(skip or ()), now,
+             limit),
         ).fetchall()
-    ids = [r[0] for r in rows]
-    return list(Message.select().where(Message.id.in_(ids)).order_by(Message.id)) if ids else []
+    messages = [Message(**{f.name: f.python_value(v) for f, v in zip(_FIELDS, row, strict=True)})
+                for row in rows]
+    return sorted(messages, key=lambda m: (m.due_at, m.id))
 
 
-def dispatch(providers: dict[str, Provider], *, batch_size: int, max_attempts: int,
-             backoff_seconds: float) -> int:
-    """Submit every due message once; returns how many were tried."""
-    messages = claim_due(batch_size)
-    for message in messages:
-        provider = providers.get(message.provider)
-        if provider is not None and _too_early(message, provider):
-            continue  # released until send_at: this provider will not hold it for us
-        if provider is not None and not _wait_for_slot(message, provider):
-            continue  # rate limited: deferred to its slot, claim released
-        if not _hold_for_send(message):
-            continue  # our batch claim ran out and another dispatcher took this message
-        try:
-            if provider is None:
-                raise SendError(f"provider {message.provider!r} is no longer configured",
-                                permanent=True, status=Status.FAILED, code="NOT_CONFIGURED",
-                                provider_side=True)
-            result = provider.send(outbound_for(message, provider))
-        except SendError as exc:
-            if exc.outcome_unknown:
-                record_unknown(message, exc)
-            elif exc.provider_side and message.route:
-                fail_over(message, exc, providers)
-            else:
-                record_failure(message, exc, max_attempts=max_attempts,
-                               backoff_seconds=backoff_seconds)
-        except Exception as exc:  # a provider bug must not stop the batch
-            log.exception("provider %s crashed on message %s", message.provider, message.id)
-            record_failure(message, SendError(f"internal error: {exc!r}", permanent=False),
-                           max_attempts=max_attempts, backoff_seconds=backoff_seconds)
-        else:
-            record_accepted(message, result, provider)
-    return len(messages)
+def anything_due(now: dt.datetime | None = None) -> bool:
+    """A cheap read: is a message due that no dispatcher holds? (Saves a write transaction
+    each time a dispatcher is woken for nothing.)"""
+    now = now or utcnow()
+    return execute(
+        f"SELECT 1 FROM message WHERE due_at <= ? AND {_PENDING}"  # noqa: S608
+        " AND (claimed_until IS NULL OR claimed_until < ?) LIMIT 1", (now, now),
+    ).fetchone() is not None
 
 
-def _too_early(message: Message, provider: Provider) -> bool:
-    """A scheduled message this provider will not hold: release it until its send_at."""
+def start_sends(owner: str, messages: list[Message], lease: dt.timedelta,
+                release: dict[int, dt.datetime] | None = None) -> list[Message]:
+    """Record, in one committed transaction, that these sends start now; return those still
+    ours to send. Only after this commit may a request leave: a dispatcher that dies from here
+    on leaves a trace that makes the message `unknown`, never sent a second time.
+
+    `release`: claimed messages to put back in the queue instead, due at the given time (a rate
+    limit slot or a send_at this provider will not hold for us)."""
     now = utcnow()
-    if not message.send_at or message.send_at <= now or provider.defers(message.send_at, now):
-        return False
+    ours: set[int] = set()
     with write_tx():
-        Message.update(due_at=message.send_at, claimed_until=None).where(
-            (Message.id == message.id) & (Message.claimed_until == message.claimed_until)
-        ).execute()
+        for message_id, due in (release or {}).items():
+            execute("UPDATE message SET due_at = ?, claimed_until = NULL, claimed_by = NULL"
+                    " WHERE id = ? AND claimed_by = ? AND send_started_at IS NULL",
+                    (due, message_id, owner))
+        if messages:
+            ids = [m.id for m in messages]
+            rows = execute(
+                "UPDATE message SET send_started_at = ?, claimed_until = ?,"  # noqa: S608
+                f" attempts = attempts + 1 WHERE id IN ({', '.join('?' * len(ids))})"
+                f" AND claimed_by = ? AND send_started_at IS NULL AND {_PENDING} RETURNING id",
+                (now, now + lease, *ids, owner),
+            ).fetchall()
+            ours = {r[0] for r in rows}
+    started = [m for m in messages if m.id in ours]
+    for message in started:
+        message.send_started_at = now
+        message.claimed_until = now + lease
+        message.attempts += 1
+    return started
+
+
+def release_claims(owner: str) -> int:
+    """Give back every claim of `owner` whose send has not started (a dispatcher stopping)."""
+    with write_tx():
+        return execute("UPDATE message SET claimed_until = NULL, claimed_by = NULL"
+                       " WHERE claimed_by = ? AND send_started_at IS NULL", (owner,)).rowcount
+
+
+def lost_sends(now: dt.datetime | None = None,
+               owners: list[str] | None = None) -> list[tuple[int, str, dt.datetime]]:
+    """(id, owner, started) of sends in flight whose lease ran out, or whose dispatcher is one
+    of `owners` (known to be gone)."""
+    now = now or utcnow()
+    gone = f" OR claimed_by IN ({', '.join('?' * len(owners))})" if owners else ""
+    rows = execute(
+        "SELECT id, claimed_by, send_started_at FROM message"  # noqa: S608
+        f" WHERE send_started_at IS NOT NULL AND (claimed_until < ?{gone})",
+        (now, *(owners or ())),
+    ).fetchall()
+    return [(r[0], r[1], correlation.as_datetime(r[2])) for r in rows]
+
+
+def send_owners() -> list[str]:
+    """Every dispatcher that has a send in flight."""
+    return [r[0] for r in execute("SELECT DISTINCT claimed_by FROM message"
+                                  " WHERE send_started_at IS NOT NULL").fetchall() if r[0]]
+
+
+def record_lost(message_id: int, owner: str, started: dt.datetime, why: str) -> bool:
+    """A send started and never got an answer recorded: `unknown`, with the reason, and never
+    sent again by itself (the provider may have it). False if its answer came in meanwhile."""
+    now = utcnow()
+    with write_tx():
+        cleared = execute(
+            "UPDATE message SET send_started_at = NULL, claimed_until = NULL, claimed_by = NULL,"
+            " due_at = NULL, updated_at = ? WHERE id = ? AND send_started_at = ?",
+            (now, message_id, started)).rowcount
+        if not cleared:
+            return False
+        detail = (f"outcome unknown, not resent: the send started {started:%Y-%m-%d %H:%M:%S}"
+                  f" UTC by dispatcher {owner} got no answer ({why})")
+        # A receipt matched by our reference may already have moved it past `queued`: then the
+        # provider has it and nothing is unknown; only a message still waiting is marked.
+        applied = correlation.set_status(message_id, Status.UNKNOWN, error_code="SEND_LOST",
+                                         detail=detail) if _still_pending(message_id) else False
+        Event.create(message=message_id, kind="send_unknown", source="dispatcher",
+                     status=Status.UNKNOWN, error_code="SEND_LOST", applied=applied,
+                     received_at=now, detail=detail,
+                     provider=Message.select(Message.provider).where(
+                         Message.id == message_id).scalar())
     return True
 
 
-# Longest a dispatcher sleeps for a rate-limit slot; a later slot defers the message instead,
-# so one slow provider never holds up the others' messages in the same batch for long.
-MAX_SLOT_WAIT = 2.0
+def _still_pending(message_id: int) -> bool:
+    return execute(f"SELECT 1 FROM message WHERE id = ? AND {_PENDING}",  # noqa: S608
+                   (message_id,)).fetchone() is not None
 
 
-def _wait_for_slot(message: Message, provider: Provider) -> bool:
-    """Honor the provider's rate limit across every dispatcher; False = deferred."""
-    rate = provider.config["rate_limit_per_second"]
-    if rate <= 0:
-        return True
-    wait = throttle.reserve(provider.slug, 1.0 / rate)
-    if wait <= MAX_SLOT_WAIT:
-        if wait > 0:
-            time.sleep(wait)
-        return True
-    # The slot we reserved stays reserved: conservative, the rate is never exceeded.
-    later = utcnow() + dt.timedelta(seconds=wait)
-    with write_tx():
-        Message.update(due_at=later, claimed_until=None).where(
-            (Message.id == message.id) & (Message.claimed_until == message.claimed_until)
-        ).execute()
-    return False
+def too_early(message: Message, provider: Provider, now: dt.datetime) -> bool:
+    """A scheduled message this provider will not hold: it waits here until its send_at."""
+    return bool(message.send_at and message.send_at > now
+                and not provider.defers(message.send_at, now))
 
 
 def outbound_for(message: Message, provider: Provider) -> OutboundMessage:
@@ -236,16 +288,31 @@ def outbound_for(message: Message, provider: Provider) -> OutboundMessage:
     )
 
 
-def _hold_for_send(message: Message) -> bool:
-    """Swap our batch claim for a send lease, only if the claim is still ours."""
-    until = utcnow() + dt.timedelta(seconds=SEND_LEASE_SECONDS)
-    with write_tx():
-        taken = (Message.update(claimed_until=until, attempts=Message.attempts + 1)
-                 .where((Message.id == message.id)
-                        & (Message.claimed_until == message.claimed_until)).execute())
-    message.claimed_until = until
-    message.attempts += 1
-    return taken == 1
+def record_outcome(message: Message, outcome: SendResult | SendError,
+                   providers: dict[str, Provider], *, max_attempts: int,
+                   backoff_seconds: float) -> None:
+    """Record what one send came to (call inside the batch's write transaction)."""
+    if isinstance(outcome, SendResult):
+        record_accepted(message, outcome, providers.get(message.provider))
+    elif outcome.outcome_unknown:
+        record_unknown(message, outcome)
+    elif outcome.provider_side and message.route:
+        fail_over(message, outcome, providers)
+    else:
+        record_failure(message, outcome, max_attempts=max_attempts,
+                       backoff_seconds=backoff_seconds)
+
+
+def dispatch(providers: dict[str, Provider], *, batch_size: int, max_attempts: int,
+             backoff_seconds: float) -> int:
+    """Claim up to `batch_size` due messages, send them (concurrently, up to each provider's
+    max_in_flight), record every outcome; returns how many were claimed. One round of what the
+    worker's dispatcher does continuously (tracker.dispatcher)."""
+    from .dispatcher import Dispatcher  # the engine builds on this module
+
+    with Dispatcher(providers, max_attempts=max_attempts,
+                    backoff_seconds=backoff_seconds) as dispatcher:
+        return dispatcher.run_once(batch_size)
 
 
 def record_accepted(message: Message, result: SendResult,
@@ -254,11 +321,9 @@ def record_accepted(message: Message, result: SendResult,
     now = utcnow()
     starts = max(now, message.send_at) if message.send_at else now  # a provider may hold it
     with write_tx():
-        Message.update(provider_message_id=result.provider_message_id, submitted_at=now,
-                       due_at=None, claimed_until=None, updated_at=now,
-                       expires_at=starts + _validity(provider),
-                       poll_at=_first_poll(provider, starts),
-                       ).where(Message.id == message.id).execute()
+        _end_send(message, now, provider_message_id=result.provider_message_id,
+                  submitted_at=now, due_at=None, expires_at=starts + _validity(provider),
+                  poll_at=_first_poll(provider, starts))
         Event.create(message=message.id, kind="submitted", source="dispatcher",
                      provider=message.provider, provider_message_id=result.provider_message_id,
                      status=Status.ACCEPTED, detail=_clip(result.raw), received_at=now,
@@ -276,8 +341,7 @@ def record_failure(message: Message, error: SendError, *, max_attempts: int,
     with write_tx():
         if final:
             status = error.status if error.permanent else Status.FAILED
-            Message.update(due_at=None, claimed_until=None, updated_at=now
-                           ).where(Message.id == message.id).execute()
+            _end_send(message, now, due_at=None)
             applied = correlation.set_status(message.id, status, error_code=error.code,
                                              detail=error.detail)
             detail = error.detail if error.permanent else (
@@ -288,13 +352,12 @@ def record_failure(message: Message, error: SendError, *, max_attempts: int,
             return
         delay = min(backoff_seconds * 2 ** (message.attempts - 1), 3600)
         retry_at = now + dt.timedelta(seconds=delay * random.uniform(0.8, 1.2))  # noqa: S311
-        Message.update(due_at=retry_at, claimed_until=None, error_code=error.code,
-                       error_detail=error.detail, updated_at=now
-                       ).where(Message.id == message.id).execute()
+        requeued = _end_send(message, now, pending_only=True, due_at=retry_at,
+                             error_code=error.code, error_detail=error.detail)
         Event.create(message=message.id, kind="retry", source="dispatcher",
                      provider=message.provider, error_code=error.code, received_at=now,
                      detail=f"attempt {message.attempts} failed: {error.detail}; "
-                            f"next at {retry_at:%H:%M:%S} UTC")
+                            + (f"next at {retry_at:%H:%M:%S} UTC" if requeued else _NOT_REQUEUED))
 
 
 def record_unknown(message: Message, error: SendError) -> None:
@@ -303,8 +366,7 @@ def record_unknown(message: Message, error: SendError) -> None:
     AlphaSMS) or, failing that, expiry. Polls ask by provider id, which we never got."""
     now = utcnow()
     with write_tx():
-        Message.update(due_at=None, claimed_until=None, updated_at=now,
-                       ).where(Message.id == message.id).execute()
+        _end_send(message, now, due_at=None)
         applied = correlation.set_status(message.id, Status.UNKNOWN, error_code=error.code,
                                          detail=error.detail)
         Event.create(message=message.id, kind="send_unknown", source="dispatcher",
@@ -320,14 +382,16 @@ def fail_over(message: Message, error: SendError, providers: dict[str, Provider]
     nxt, rest = remaining[0], ",".join(remaining[1:]) or None
     provider = providers.get(nxt)
     with write_tx():
-        Message.update(provider=nxt, route=rest, due_at=now, claimed_until=None, attempts=0,
-                       error_code=error.code, error_detail=error.detail, updated_at=now,
-                       expires_at=now + _validity(provider) if provider else message.expires_at,
-                       ).where(Message.id == message.id).execute()
+        moved = _end_send(
+            message, now, pending_only=True, provider=nxt, route=rest, due_at=now, attempts=0,
+            error_code=error.code, error_detail=error.detail,
+            expires_at=now + _validity(provider) if provider else message.expires_at)
         Event.create(message=message.id, kind="failover", source="dispatcher",
-                     provider=nxt, error_code=error.code, received_at=now,
-                     detail=f"{message.provider} failed ({error.detail}); trying {nxt}"
-                            + (f", then {rest.replace(',', ', ')}" if rest else ""))
+                     provider=nxt if moved else message.provider, error_code=error.code,
+                     received_at=now,
+                     detail=f"{message.provider} failed ({error.detail}); "
+                            + ((f"trying {nxt}" + (f", then {rest.replace(',', ', ')}" if rest
+                                                   else "")) if moved else _NOT_REQUEUED))
 
 
 class NotCancelable(Exception):
@@ -341,16 +405,17 @@ class NotCancelable(Exception):
 def cancel(message_id: int, *, source: str) -> None:
     """Cancel a message not yet submitted; raise NotCancelable once a send has started.
 
-    The guard is in the UPDATE: a dispatcher holding the message (claimed_until in the future)
-    may be sending it right now, so it cannot be canceled."""
+    The guard is in the UPDATE: a message whose send has started (committed before its request
+    leaves) may be with the provider already, so it cannot be canceled. A message a dispatcher
+    has only claimed can: its send then never starts (start_sends checks the status)."""
     now = utcnow()
     with write_tx():
         changed = execute(
             "UPDATE message SET status = 'canceled', status_rank = 3, status_order = ?,"
             " status_inferred = ?, status_at = ?, due_at = NULL, claimed_until = NULL,"
-            " updated_at = ? WHERE id = ? AND status IN ('queued', 'scheduled')"
-            " AND (claimed_until IS NULL OR claimed_until < ?)",
-            (order_key(Status.CANCELED, now), False, now, now, message_id, now),
+            " claimed_by = NULL, updated_at = ? WHERE id = ? AND status IN ('queued', 'scheduled')"
+            " AND send_started_at IS NULL",
+            (order_key(Status.CANCELED, now), False, now, now, message_id),
         ).rowcount
         if changed:
             Event.create(message=message_id, kind="canceled", source=source,
@@ -379,6 +444,23 @@ def resend(old: Message, new: NewMessage, *, source: str) -> Message:
         Event.create(message=message.id, kind="resend_of", source=source, received_at=now,
                      detail=f"resend of message #{old.id} ({old.reference}, {old.status})")
     return message
+
+
+# A refusal that came back after the send had been declared lost (`unknown`): it stays so.
+_NOT_REQUEUED = "not queued again: this send had already been declared lost"
+
+
+def _end_send(message: Message, now: dt.datetime, *, pending_only: bool = False,
+              **fields: Any) -> bool:
+    """Close the send in flight on the row (lease, owner, start mark) and write `fields`.
+
+    `pending_only`: only while the message still waits for its send (to queue it again); a
+    send declared lost meanwhile (`record_lost`) is never queued again."""
+    query = Message.update(send_started_at=None, claimed_until=None, claimed_by=None,
+                           updated_at=now, **fields).where(Message.id == message.id)
+    if pending_only:
+        query = query.where(Message.status.in_((Status.QUEUED, Status.SCHEDULED)))
+    return query.execute() == 1
 
 
 def _validity(provider: Provider | None) -> dt.timedelta:

@@ -18,13 +18,14 @@ _RESERVE = ("UPDATE provider_throttle SET next_at = CASE WHEN next_at > ? THEN n
             " + ? WHERE provider = ? RETURNING next_at")
 
 
-def reserve(provider: str, interval: float, now: float | None = None) -> float:
-    """Reserve the provider's next send slot; seconds to wait until it starts (0 = now)."""
-    now = time.time() if now is None else now
+def reserve(provider: str, interval: float, count: int = 1) -> float:
+    """Reserve the provider's next `count` send slots, `interval` apart; returns when the first
+    one starts (Unix time, never before now). Slot i starts `i * interval` after it."""
+    span = interval * count
     with write_tx():
-        row = execute(_RESERVE, (now, now, interval, provider)).fetchone()
+        now = time.time()  # read under the lock: a wait for it must not move slots earlier
+        row = execute(_RESERVE, (now, now, span, provider)).fetchone()
         if row is None:
             execute(_ENSURE, (provider,))
-            row = execute(_RESERVE, (now, now, interval, provider)).fetchone()
-    start = row[0] - interval
-    return max(0.0, start - now)
+            row = execute(_RESERVE, (now, now, span, provider)).fetchone()
+    return row[0] - span

@@ -20,10 +20,11 @@ from . import (
     m0004_accounts,
     m0005_rollups,
     m0006_search_cover,
+    m0007_send_lease,
 )
 
 MIGRATIONS = [m0001_initial, m0002_sending, m0003_dashboard, m0004_accounts,
-              m0005_rollups, m0006_search_cover]
+              m0005_rollups, m0006_search_cover, m0007_send_lease]
 
 
 def applied_versions(database: peewee.Database) -> set[int]:

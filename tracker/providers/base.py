@@ -12,8 +12,10 @@ rate limit); the sending core reads them, provider modules need not.
 from __future__ import annotations
 
 import hmac
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from importlib import metadata
 from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
@@ -21,6 +23,16 @@ import httpx
 
 from ..settings import ConfigError
 from ..status import Status
+
+
+def _version() -> str:
+    try:
+        return metadata.version("dlr-tracker")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+USER_AGENT = f"dlr-tracker/{_version()}"
 
 
 @dataclass(frozen=True)
@@ -153,6 +165,8 @@ COMMON_SETTINGS: dict[str, Setting] = {
     "poll_after_seconds": Setting(int, default=900),  # first poll this long after submission
     "poll_interval_seconds": Setting(int, default=1800),  # then at most this often
     "rate_limit_per_second": Setting(float, default=0.0),  # 0 = no limit
+    # Requests to this provider under way at once, per dispatcher process (each worker host).
+    "max_in_flight": Setting(int, default=16),
     # Hand scheduled messages to the provider at once (for providers with DEFER_WINDOW) instead
     # of holding them here until due; they can then no longer be canceled here.
     "provider_scheduling": Setting(bool, default=False),
@@ -187,10 +201,16 @@ class Provider:
         return least <= send_at - now <= most
     timeout = httpx.Timeout(15.0, connect=5.0)
 
+    # Messages one send request may carry (providers with a batch API override send_batch).
+    SEND_BATCH: ClassVar[int] = 1
+
     def __init__(self, config: dict[str, Any], public_base_url: str) -> None:
         self.config = self.validate(config)
+        if self.config["max_in_flight"] < 1:
+            raise ConfigError(f"providers.{self.slug}.max_in_flight: must be at least 1")
         self.public_base_url = public_base_url
         self._client: httpx.Client | None = None
+        self._client_lock = threading.Lock()
 
     @classmethod
     def validate(cls, config: dict[str, Any]) -> dict[str, Any]:
@@ -224,8 +244,23 @@ class Provider:
     def client(self) -> httpx.Client:
         """One pooled HTTP client per provider per process, created on first use."""
         if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout, follow_redirects=False)
+            with self._client_lock:  # the dispatcher's send threads share it
+                if self._client is None:
+                    size = self.config["max_in_flight"]
+                    self._client = httpx.Client(
+                        timeout=self.timeout, follow_redirects=False,
+                        headers={"User-Agent": USER_AGENT},
+                        limits=httpx.Limits(max_connections=size,
+                                            max_keepalive_connections=size))
         return self._client
+
+    def request_deadline(self) -> float:
+        """Seconds a send request may take at most: connect, write, then wait for the answer.
+        (httpx's read timeout bounds each wait for data, so an answer trickled byte by byte
+        could outlast it; a send outlasting its lease is declared lost, never resent, and its
+        late answer, if any, is still recorded.)"""
+        t = self.timeout
+        return sum(x or 0.0 for x in (t.connect, t.write, t.read, t.pool))
 
     def explain(self, code: str | None) -> str | None:
         """What a raw status or error code of this provider means, in words; None if unknown.
@@ -281,6 +316,13 @@ class Provider:
     def send(self, message: OutboundMessage) -> SendResult:
         """Submit one message; raise SendError when it was not accepted."""
         raise NotImplementedError
+
+    def send_batch(self, messages: list[OutboundMessage]) -> list[SendResult | SendError]:
+        """Submit up to SEND_BATCH messages in one request; one outcome per message, in order.
+        Raise SendError when the request as a whole failed (the same outcome for every one)."""
+        if len(messages) != 1:
+            raise NotImplementedError(f"{self.slug} sends one message per request")
+        return [self.send(messages[0])]
 
     def parse_callback(self, request: CallbackRequest) -> ParsedCallback:
         """Turn one authenticated callback into receipts; never raise for bad input."""

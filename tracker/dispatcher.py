@@ -1,0 +1,394 @@
+"""The dispatcher: sends due messages concurrently, every send recorded as started before its
+request leaves, every outcome recorded in batches.
+
+Threads and their jobs:
+- the dispatcher's own thread does every database write: it claims due messages (one statement
+  for many), marks the sends started (one committed transaction for many), and records the
+  outcomes that came back since its last step (one transaction for many);
+- one thread pool per provider does HTTP only, at most `max_in_flight` requests under way, over
+  the provider's pooled keep-alive client;
+- a wake-up watcher (tracker.wakeup) pokes the dispatcher when a message is queued.
+
+Never twice: a request leaves only after its `send_started_at` is committed. A send whose answer
+was never recorded (the process was killed, the lease ran out) is found by `reap` in any
+dispatcher, or at start by `recover` for this host's dead processes, and becomes `unknown` with
+a `send_unknown` event; nothing sends it again by itself. A dispatcher that dies holding claims
+it had not started only delays those messages by CLAIM_SECONDS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import queue
+import secrets
+import socket
+import threading
+import time
+from collections import Counter, defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Self
+
+from . import sending, throttle, wakeup
+from .db import UNAVAILABLE_ERRORS, db, write_tx
+from .models import Message, utcnow
+from .providers.base import Provider, SendError, SendResult
+from .status import Status
+
+log = logging.getLogger(__name__)
+
+# Longest a send waits for its rate-limit slot once started; a later slot puts the message
+# back in the queue until then, so one throttled provider never holds up the others.
+MAX_SLOT_WAIT = 2.0
+REAP_INTERVAL = 2.0  # seconds between two looks for lost sends
+
+
+def new_owner() -> str:
+    """This dispatcher's name in `claimed_by`: host, pid, and a nonce that tells a restarted
+    process from its predecessor when both got the same pid (containers start at pid 1)."""
+    return f"{socket.gethostname()[:96]}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def owner_is_gone(owner: str, me: str) -> bool:
+    """True when `owner` is a dispatcher of this host that no longer runs."""
+    host, _, rest = owner.partition(":")
+    pid_text, _, _nonce = rest.partition(":")
+    if owner == me or host != me.partition(":")[0] or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True  # an earlier process that had our pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False  # alive (or its pid reused: then its lease decides)
+
+
+Outcome = SendResult | SendError
+
+
+@dataclass
+class _Request:
+    """One request to a provider: one message, or a batch for providers with a batch API."""
+
+    slug: str
+    messages: list[Message]
+    not_before: float = 0.0  # time.time() of its rate-limit slot
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+class Dispatcher:
+    """Claims, sends and records; `run()` until stopped, or `run_once()` for one round."""
+
+    def __init__(self, providers: dict[str, Provider], *, max_attempts: int,
+                 backoff_seconds: float, interval: float = 1.0, claim_limit: int = 200,
+                 owner: str | None = None) -> None:
+        self.providers = providers
+        self.max_attempts = max_attempts
+        self.backoff_seconds = backoff_seconds
+        self.interval = interval  # longest between two looks for due messages
+        self.claim_limit = claim_limit
+        self.owner = owner or new_owner()
+        self.wake = threading.Event()
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._busy: Counter[str] = Counter()  # requests under way, per provider
+        self._backlog: dict[str, deque[Message]] = defaultdict(deque)  # claimed, not started
+        self._done: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._unrecorded: list[_Request] = []  # answers whose recording failed: try again
+        self._look = True  # look for due messages at the next step
+        self._last_look = 0.0
+        self._last_reap = 0.0
+        # Every send's lease: its slot wait, its request, and time to record the answer.
+        self.lease = dt.timedelta(seconds=MAX_SLOT_WAIT + sending.SEND_LEASE_MARGIN + max(
+            (p.request_deadline() for p in providers.values()), default=30.0))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.shutdown(wait=True)
+        self._pools.clear()
+
+    def poke(self) -> None:
+        """Something may be due now (a wake-up notification)."""
+        self._look = True
+        self.wake.set()
+
+    def run(self, stopping: threading.Event) -> None:
+        """Dispatch until `stopping` is set; then let the sends under way finish (each bounded
+        by its request deadline), record them, and give back the claims not started."""
+        watcher = wakeup.Watcher(self.poke)
+        watcher.start()
+        log.info("dispatcher %s running", self.owner)
+        try:
+            with contextlib.suppress(*UNAVAILABLE_ERRORS):
+                self._in_db(self.recover)
+            while not stopping.is_set():
+                try:
+                    self._in_db(self.step)
+                except UNAVAILABLE_ERRORS as exc:
+                    log.warning("dispatcher: database unavailable (%r); retrying", exc)
+                    stopping.wait(1.0)
+                except Exception:
+                    log.exception("dispatcher step failed; retrying")
+                    stopping.wait(1.0)
+                self.wake.wait(self._next_look())
+                self.wake.clear()
+        finally:
+            watcher.stop()
+            try:
+                self._in_db(self.drain)
+            except UNAVAILABLE_ERRORS as exc:  # sends left open are found by the next start
+                log.error("dispatcher %s could not record its last answers: %r", self.owner, exc)
+            self.close()
+            log.info("dispatcher %s stopped", self.owner)
+
+    def run_once(self, limit: int) -> int:
+        """Claim up to `limit` due messages, send them all, record every outcome; returns how
+        many were claimed."""
+        claimed = self._claim(limit, skip=[])
+        while self._pending():
+            self._start_backlog()
+            if self._busy:
+                self.wake.wait(1.0)
+                self.wake.clear()
+            self._record_done()
+        return claimed
+
+    def drain(self) -> None:
+        """Wait for the requests under way (bounded by the lease), record them, and give back
+        every claim whose send has not started."""
+        deadline = time.monotonic() + self.lease.total_seconds()
+        self._backlog.clear()
+        while self._busy and time.monotonic() < deadline:
+            self.wake.wait(0.2)
+            self.wake.clear()
+            self._record_done()
+        self._record_done()
+        if self._busy:
+            log.error("dispatcher %s stops with %d send(s) unanswered; they will be marked "
+                      "unknown", self.owner, sum(self._busy.values()))
+        with contextlib.suppress(*UNAVAILABLE_ERRORS):
+            sending.release_claims(self.owner)
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Record what came back, look for lost sends now and then, claim what capacity
+        allows, start what was claimed."""
+        self._record_done()
+        now = time.monotonic()
+        if now - self._last_reap >= REAP_INTERVAL:
+            self._last_reap = now
+            self.reap()
+        free = {slug: self._capacity(slug) - self._busy[slug] - len(self._backlog[slug])
+                for slug in self.providers}
+        room = min(self.claim_limit, sum(max(0, n) for n in free.values()))
+        if room and (self._look or now - self._last_look >= self.interval):
+            self._look = False
+            self._last_look = now
+            if sending.anything_due():
+                skip = [slug for slug, n in free.items() if n <= 0]
+                if self._claim(room, skip) == room:
+                    self._look = True  # likely more due: look again as capacity frees
+        self._start_backlog()
+
+    def _next_look(self) -> float:
+        if self._look or self._unrecorded:
+            return 0.05 if self._unrecorded else 0.0
+        return max(0.0, self.interval - (time.monotonic() - self._last_look))
+
+    def _pending(self) -> bool:
+        return bool(self._busy or self._unrecorded or any(self._backlog.values()))
+
+    def _capacity(self, slug: str) -> int:
+        provider = self.providers.get(slug)
+        return provider.config["max_in_flight"] if provider else 1
+
+    def _claim(self, limit: int, skip: list[str]) -> int:
+        messages = sending.claim_due(self.owner, limit, skip)
+        for message in messages:
+            self._backlog[message.provider].append(message)
+        return len(messages)
+
+    # -- starting sends ----------------------------------------------------------------------
+
+    def _start_backlog(self) -> None:
+        """Start as many claimed messages as capacity allows, in one transaction."""
+        now, clock = utcnow(), time.time()
+        requests: list[_Request] = []
+        release: dict[int, dt.datetime] = {}
+        for slug, backlog in self._backlog.items():
+            provider = self.providers.get(slug)
+            size = provider.SEND_BATCH if provider else 1
+            room = (self._capacity(slug) - self._busy[slug]) * size
+            take: list[Message] = []
+            while backlog and len(take) < room:
+                message = backlog.popleft()
+                if provider is not None and sending.too_early(message, provider, now):
+                    release[message.id] = message.send_at  # held here until its send_at
+                else:
+                    take.append(message)
+            if not take:
+                continue
+            slots = self._slots(provider, len(take))
+            for i in range(0, len(take), size):
+                chunk = take[i:i + size]
+                start = slots[i] if slots else 0.0
+                if start - clock > MAX_SLOT_WAIT:
+                    for message in chunk:  # its slot stays reserved: the rate is never exceeded
+                        release[message.id] = now + dt.timedelta(seconds=start - clock)
+                else:
+                    requests.append(_Request(slug, chunk, start))
+        if not requests and not release:
+            return
+        started = {m.id for m in sending.start_sends(
+            self.owner, [m for r in requests for m in r.messages], self.lease, release)}
+        for request in requests:
+            # A message canceled (or claimed elsewhere) since our claim is not ours to send.
+            request.messages = [m for m in request.messages if m.id in started]
+            if request.messages:
+                self._submit(request)
+
+    def _slots(self, provider: Provider | None, count: int) -> list[float]:
+        """Start times (time.time()) of `count` sends under the provider's shared rate limit;
+        empty when it has none."""
+        rate = provider.config["rate_limit_per_second"] if provider else 0
+        if rate <= 0 or provider is None:
+            return []
+        interval = 1.0 / rate
+        first = throttle.reserve(provider.slug, interval, count=count)
+        return [first + i * interval for i in range(count)]
+
+    def _submit(self, request: _Request) -> None:
+        self._busy[request.slug] += 1
+        provider = self.providers.get(request.slug)
+        if provider is None:
+            error = SendError(f"provider {request.slug!r} is no longer configured",
+                              permanent=True, status=Status.FAILED, code="NOT_CONFIGURED",
+                              provider_side=True)
+            request.outcomes = [error] * len(request.messages)
+            self._done.put(request)
+            return
+        pool = self._pools.get(request.slug)
+        if pool is None:
+            pool = self._pools[request.slug] = ThreadPoolExecutor(
+                provider.config["max_in_flight"], thread_name_prefix=f"send-{request.slug}")
+        outbound = [sending.outbound_for(m, provider) for m in request.messages]
+        pool.submit(self._send, provider, request, outbound)
+
+    def _send(self, provider: Provider, request: _Request, outbound: list) -> None:
+        """In a send thread: HTTP only, never the database."""
+        try:
+            delay = request.not_before - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            if len(outbound) == 1 and provider.SEND_BATCH == 1:
+                request.outcomes = [provider.send(outbound[0])]
+            else:
+                request.outcomes = provider.send_batch(outbound)
+                if len(request.outcomes) != len(outbound):
+                    raise RuntimeError(f"{provider.slug}.send_batch gave "
+                                       f"{len(request.outcomes)} outcomes for {len(outbound)}")
+        except SendError as exc:
+            request.outcomes = [exc] * len(outbound)
+        except Exception as exc:
+            # A bug after the request left would make a retry a second send: unknown, never
+            # retried (only an explicit refusal, or a failure before sending, is retried).
+            log.exception("provider %s crashed while sending", provider.slug)
+            request.outcomes = [SendError(f"internal error while sending: {exc!r}",
+                                          permanent=False, outcome_unknown=True,
+                                          code="INTERNAL_ERROR")] * len(outbound)
+        finally:
+            self._done.put(request)
+            self.wake.set()
+
+    # -- recording outcomes ------------------------------------------------------------------
+
+    def _record_done(self) -> None:
+        """Record every answer that came back, in one transaction."""
+        batch, self._unrecorded = self._unrecorded, []
+        while True:
+            try:
+                request = self._done.get_nowait()
+            except queue.Empty:
+                break
+            self._busy[request.slug] -= 1
+            if not self._busy[request.slug]:
+                del self._busy[request.slug]
+            batch.append(request)
+        if not batch:
+            return
+        try:
+            with write_tx():
+                for request in batch:
+                    for message, outcome in zip(request.messages, request.outcomes, strict=True):
+                        self._record_one(message, outcome)
+        except BaseException:
+            self._unrecorded = batch  # nothing of it was committed: try again
+            raise
+        self._look = True  # a retry or failover may be due now, and capacity is free
+
+    def _record_one(self, message: Message, outcome: Outcome) -> None:
+        try:
+            with write_tx():  # a savepoint: one message's bug never loses the others
+                sending.record_outcome(message, outcome, self.providers,
+                                       max_attempts=self.max_attempts,
+                                       backoff_seconds=self.backoff_seconds)
+        except UNAVAILABLE_ERRORS:
+            raise
+        except Exception:
+            log.exception("could not record the send of message %s; it will be marked "
+                          "unknown when its lease runs out", message.id)
+
+    # -- lost sends --------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """At start: sends of this host's dispatchers that are gone never got their answer
+        recorded. They become `unknown` now instead of when their leases run out."""
+        gone = [o for o in sending.send_owners() if owner_is_gone(o, self.owner)]
+        if not gone:
+            return 0
+        return self._mark_lost(sending.lost_sends(owners=gone),
+                               "its dispatcher stopped before the answer was recorded")
+
+    def reap(self) -> int:
+        """Sends whose lease ran out, whoever started them, become `unknown`."""
+        return self._mark_lost(sending.lost_sends(), "the send lease ran out")
+
+    def _mark_lost(self, lost: list[tuple[int, str, dt.datetime]], why: str) -> int:
+        count = sum(sending.record_lost(message_id, owner, started, why)
+                    for message_id, owner, started in lost)
+        if count:
+            log.warning("%d send(s) without a recorded answer marked unknown (%s)", count, why)
+        return count
+
+    def _in_db(self, work) -> None:  # type: ignore[no-untyped-def]
+        """Run `work` on this thread's connection; a broken connection is dropped, so the next
+        step opens a fresh one."""
+        try:
+            db.connect(reuse_if_open=True)
+            work()
+        except UNAVAILABLE_ERRORS:
+            with contextlib.suppress(Exception):
+                db.close()
+            raise
+
+
+def claim_limit_for(providers: dict[str, Provider], batch_size: int) -> int:
+    """How many messages one claim may take: what every provider can have under way."""
+    return max(batch_size, sum(p.config["max_in_flight"] * p.SEND_BATCH
+                               for p in providers.values()))
+
