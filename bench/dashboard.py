@@ -9,6 +9,7 @@ it, the view's two queries alone (`reporting.list_messages` + `reporting.count_m
     .venv/bin/python bench/dashboard.py --db sqlite
     .venv/bin/python bench/dashboard.py --db postgres          # database dlr_bench
     .venv/bin/python bench/dashboard.py --db sqlite --rebuild  # build the data set anew
+    .venv/bin/python bench/dashboard.py --db sqlite --smoke    # seconds: 3,000 messages, no goal
 
 The data set is built once and kept: the SQLite file under bench/data/ (gitignored), the
 Postgres database `dlr_bench` on postgresql://postgres@127.0.0.1:5432 (--pg-admin-url). The
@@ -26,13 +27,17 @@ several countries plus 1,000 frequent ones and one QA number with 3,000 messages
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import io
 import json
 import os
 import random
+import secrets
+import shutil
 import sqlite3
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -87,7 +92,8 @@ def generate(seed: int = 20260101) -> Iterator[tuple[tuple[Any, ...], list[tuple
     rnd = random.Random(seed)
     providers, pweights = _weighted(PROVIDERS)
     statuses, sweights = _weighted(STATUSES)
-    numbers = [f"{rnd.choice(COUNTRIES)}{rnd.randrange(10**6, 10**7)}" for _ in range(250_000)]
+    numbers = [f"{rnd.choice(COUNTRIES)}{rnd.randrange(10**6, 10**7)}"
+               for _ in range(min(250_000, N_MESSAGES // 4))]
     frequent = numbers[:1_000]
     qa_every = N_MESSAGES // QA_MESSAGES
     step = (END - START) / N_MESSAGES
@@ -243,7 +249,7 @@ def ensure_data(args: argparse.Namespace) -> str:
         path = DATA / f"dashboard-v{DATA_VERSION}.sqlite3"
         if args.rebuild or not path.exists():
             t0 = time.perf_counter()
-            print(f"building {path.relative_to(ROOT)} ...")
+            print(f"building {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} ...")
             build_sqlite(path)
             print(f"  built in {time.perf_counter() - t0:.0f} s")
         url = f"sqlite:///{path}"
@@ -265,6 +271,33 @@ def ensure_data(args: argparse.Namespace) -> str:
             cur.execute("ANALYZE message")
         conn.close()
     return url
+
+
+SMOKE_MESSAGES = 3_000
+
+
+@contextlib.contextmanager
+def smoke_data_set(db: str, pg_admin_url: str) -> Iterator[None]:
+    """--smoke: a data set of 3,000 messages in a temp folder, or in a Postgres database of its
+    own, both removed afterwards. The kept 1,000,000-message data sets are not touched."""
+    global DATA, PG_DB, N_MESSAGES, QA_MESSAGES
+    saved = DATA, PG_DB, N_MESSAGES, QA_MESSAGES
+    tmp = Path(tempfile.mkdtemp(prefix="dlr-bench-smoke-"))
+    DATA, PG_DB = tmp, f"dlr_bench_smoke_{secrets.token_hex(4)}"
+    N_MESSAGES, QA_MESSAGES = SMOKE_MESSAGES, 30
+    try:
+        yield
+    finally:
+        if db == "postgres":
+            import psycopg2
+
+            admin = psycopg2.connect(pg_admin_url)
+            admin.autocommit = True
+            with admin.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
+            admin.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        DATA, PG_DB, N_MESSAGES, QA_MESSAGES = saved
 
 
 def _pg_complete(url: str) -> bool:
@@ -456,10 +489,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--rebuild", action="store_true", help="build the data set anew")
-    parser.add_argument("--reps", type=int, default=200, help="timed requests per shape")
+    parser.add_argument("--reps", type=int, help="timed requests per shape (default 200;"
+                        " --smoke: 3)")
     parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
     parser.add_argument("--plans", action="store_true", help="print query plans, no timing")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a check that it runs, in seconds: 3,000 messages in a throwaway "
+                             "database, 3 reps, then the plans; figures mean nothing")
     args = parser.parse_args()
+    if args.reps is None:
+        args.reps = 3 if args.smoke else 200
+    if args.smoke:
+        args.rebuild = True
+        with smoke_data_set(args.db, args.pg_admin_url):
+            print(f"smoke: {N_MESSAGES:,} messages in a throwaway database; the figures are"
+                  " not comparable with anything")
+            url = ensure_data(args)
+            measure(url, args.reps)
+            plans(url)
+        return
     url = ensure_data(args)
     if args.plans:
         plans(url)

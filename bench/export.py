@@ -6,6 +6,7 @@ Goal (issue 4, item 6): 1,000,000 rows in <= 12 s, worker memory flat in the row
     .venv/bin/python bench/export.py                  # SQLite (bench/data/export-1m.sqlite3)
     .venv/bin/python bench/export.py --db postgres    # database dlr_bench_export
     .venv/bin/python bench/export.py --formats csv,xlsx --rebuild
+    .venv/bin/python bench/export.py --smoke          # seconds: 2,000 rows, throwaway database
 
 Each export is the real `tracker export` command run as a child process (what the dashboard's
 job runs), so its time includes interpreter start and create_app, and its peak RSS
@@ -30,6 +31,8 @@ import datetime as dt
 import os
 import random
 import re
+import secrets
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -212,11 +215,42 @@ def run_reference(url: str, out_dir: Path) -> tuple[float, float]:
 
 
 def main() -> None:
+    global DATA, PG_ADMIN_URL, PG_DB, ROWS, CHUNK
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--formats", default="csv,csv-excel,jsonl,xlsx")
     parser.add_argument("--rebuild", action="store_true", help="build the data set anew")
+    parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL,
+                        help="server + role that may CREATE DATABASE")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a check that it runs, in seconds: 2,000 rows in a throwaway "
+                             "database (a temp folder or its own Postgres database); figures "
+                             "mean nothing")
     args = parser.parse_args()
+    PG_ADMIN_URL = args.pg_admin_url
+    if not args.smoke:
+        run(args)
+        return
+    DATA = Path(tempfile.mkdtemp(prefix="dlr-export-smoke-"))
+    PG_DB = f"dlr_bench_smoke_{secrets.token_hex(4)}"
+    ROWS = CHUNK = 2_000
+    print(f"smoke: {ROWS:,} rows in a throwaway database; the figures are not comparable with "
+          "anything")
+    try:
+        run(args)
+    finally:
+        if args.db == "postgres":
+            import psycopg2
+
+            admin = psycopg2.connect(PG_ADMIN_URL)
+            admin.autocommit = True
+            with admin.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
+            admin.close()
+        shutil.rmtree(DATA, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> None:
     url = sqlite_database(args.rebuild) if args.db == "sqlite" else postgres_database(args.rebuild)
     print(f"\nexports on {args.db}, {ROWS:,} messages; goal: {ROWS:,} rows in "
           f"<= {GOAL_SECONDS:.0f} s, peak RSS flat in the row count\n")

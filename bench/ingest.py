@@ -533,9 +533,10 @@ def start_pyspy(procs: Processes, master: int, label: str, args: argparse.Namesp
     workers = [pid for pid, (_c, ppid, _t) in process_ticks().items() if ppid == master]
     seconds = max(1, int(min(args.pyspy, args.duration - 1)))
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = args.results.parent if args.results else RESULTS  # beside the JSON lines
     started = []
     for pid in workers:
-        out = RESULTS / f"pyspy-{label}-{stamp}-{pid}{'-idle' if args.pyspy_idle else ''}.txt"
+        out = out_dir / f"pyspy-{label}-{stamp}-{pid}{'-idle' if args.pyspy_idle else ''}.txt"
         argv = [str(spy), "record", "--pid", str(pid), "--duration", str(seconds), "--rate",
                 str(args.pyspy_rate), "--format", "raw", "--nonblocking", "--output", str(out)]
         if args.pyspy_idle:
@@ -747,7 +748,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep the databases and configs (for profiling); prints where")
     parser.add_argument("--pyspy", type=float, default=0.0, metavar="SECONDS",
                         help="sample each worker with py-spy for this long during the measured"
-                        " run (bench/results/pyspy-*.txt; slows the run: figures not comparable)")
+                        " run (pyspy-*.txt in bench/results/, or beside --results; slows the"
+                        " run: figures not comparable)")
     parser.add_argument("--pyspy-idle", action="store_true",
                         help="with --pyspy: include idle samples (lock waits, I/O) = wall time")
     parser.add_argument("--pyspy-rate", type=int, default=200, help="py-spy samples/s")

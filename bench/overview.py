@@ -10,6 +10,7 @@ run (every closed day of 30) and a steady-state run (nothing changed).
     .venv/bin/python bench/overview.py --db sqlite
     .venv/bin/python bench/overview.py --db postgres
     .venv/bin/python bench/overview.py --db sqlite --rebuild
+    .venv/bin/python bench/overview.py --db sqlite --smoke   # seconds: 3,000 messages, no goal
 
 Data: bench/dashboard.py's builder (imported, same generator and seed) into a data set of its
 own (bench/data/overview/, Postgres database dlr_bench_overview), because this benchmark adds
@@ -150,9 +151,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--rebuild", action="store_true", help="build the data set anew")
-    parser.add_argument("--reps", type=int, default=50, help="timed requests per window")
+    parser.add_argument("--reps", type=int, help="timed requests per window (default 50;"
+                        " --smoke: 3)")
     parser.add_argument("--pg-admin-url", default=builder.PG_ADMIN_URL)
+    parser.add_argument("--smoke", action="store_true",
+                        help="a check that it runs, in seconds: 3,000 messages in a throwaway "
+                             "database, 3 reps; figures mean nothing")
     args = parser.parse_args()
+    if args.reps is None:
+        args.reps = 3 if args.smoke else 50
+    if args.smoke:
+        args.rebuild = True
+        with builder.smoke_data_set(args.db, args.pg_admin_url):
+            print(f"smoke: {builder.N_MESSAGES:,} messages in a throwaway database; the figures"
+                  " are not comparable with anything")
+            url = builder.ensure_data(args)
+            add_callbacks(url)
+            measure(url, args.reps)
+        return
     url = builder.ensure_data(args)
     add_callbacks(url)
     print(f"\n{args.db}: {builder.N_MESSAGES:,} messages, "

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/screenshots.py          # docs/overview.png and docs/message.png
     .venv/bin/python bench/screenshots.py --out-dir /tmp/shots
+    .venv/bin/python bench/screenshots.py --smoke  # 40 messages, into a temp folder (removed)
 
 Needs Debian's chromium and chromium-driver. The app runs on a temporary SQLite database, seeded
 with ~400 messages over the last 7 days through the tracker's own code: sending.enqueue, the
@@ -198,9 +199,26 @@ def screenshot(driver: Any, path: Path, max_height: int = 2600) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "docs")
+    parser.add_argument("--out-dir", type=Path,
+                        help="where the PNGs go (default: docs/; --smoke: a temp folder)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a check that it runs: 40 messages, and the PNGs go to a temp "
+                             "folder (removed) unless --out-dir is given; docs/ is not touched")
     args = parser.parse_args()
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    smoke_dir = None
+    if args.out_dir is None and args.smoke:
+        smoke_dir = args.out_dir = Path(tempfile.mkdtemp(prefix="tracker-screenshots-smoke-"))
+    args.out_dir = args.out_dir or ROOT / "docs"
+    try:
+        shoot(args.out_dir, count=40 if args.smoke else 400)
+    finally:
+        if smoke_dir is not None:
+            shutil.rmtree(smoke_dir, ignore_errors=True)
+
+
+def shoot(out_dir: Path, count: int) -> None:
+    """Seed `count` messages, log in, save overview.png and message.png into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -219,7 +237,7 @@ def main() -> None:
             db.connect(reuse_if_open=True)
             migrations.upgrade(db.obj, log=lambda _line: None)
             accounts.create_user("support", "demo password 1", "admin")
-            rich = seed(app, random.Random(7))
+            rich = seed(app, random.Random(7), count)
             db.close()
         threading.Thread(target=server.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{server.server_port}"
@@ -241,7 +259,7 @@ def main() -> None:
             driver.get(base + url)
             for summary in driver.find_elements(By.CSS_SELECTOR, "details summary")[:1]:
                 summary.click()  # show one raw callback
-            screenshot(driver, args.out_dir / name)
+            screenshot(driver, out_dir / name)
     finally:
         if driver is not None:
             driver.quit()
