@@ -700,7 +700,8 @@ def print_table(rows: list[dict[str, Any]], skipped: list[str]) -> None:
     print("-" * len(head))
     for row in rows:
         if "per_s" not in row:
-            print(f"{row['run']:<24} FAILED: {row.get('error', 'see above')}")
+            error = " ".join(str(row.get("error", "see above")).split())
+            print(f"{row['run']:<24} FAILED: {error[:300]}")
             continue
         rate_goal = ("-" if row["delay_ms"] != GOAL_RATE_DELAY_MS
                      else "PASS" if row["per_s"] >= GOAL_RATE else "FAIL")
