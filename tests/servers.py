@@ -245,7 +245,7 @@ def start_tracker(run_dir: Path, *, database_url: str, skycore_url: str | None =
     proc = subprocess.Popen([*tracker_command(), "serve", "--host", "127.0.0.1",
                              "--port", str(port)],
                             env=env, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, start_new_session=True)
     server = TrackerServer(proc=proc, port=port, env=env, config_path=config_path,
                            log_path=log_path, database_url=database_url, settings=config,
                            _log=log)

@@ -204,7 +204,7 @@ def test_cancel_before_submission_then_409_after(app: Flask, sky: SkycoreStandIn
 
 def test_a_message_being_sent_cannot_be_canceled(app: Flask) -> None:
     message = send(app)
-    [claimed] = sending.claim_due("dispatcher-1", 10)
+    [claimed] = sending.claim_due("dispatcher-1", {"skycore": 10})
     [started] = sending.start_sends("dispatcher-1", [claimed], dt.timedelta(seconds=60))
     assert started.id == message.id  # its request may be on the wire from now on
     with pytest.raises(sending.NotCancelable):
@@ -214,7 +214,7 @@ def test_a_message_being_sent_cannot_be_canceled(app: Flask) -> None:
 
 def test_a_claimed_message_canceled_before_its_send_starts_is_never_sent(app: Flask) -> None:
     message = send(app)
-    [claimed] = sending.claim_due("dispatcher-1", 10)
+    [claimed] = sending.claim_due("dispatcher-1", {"skycore": 10})
     sending.cancel(message.id, source="test")  # claimed, but no request has left
     assert sending.start_sends("dispatcher-1", [claimed], dt.timedelta(seconds=60)) == []
     stored = Message.get_by_id(message.id)

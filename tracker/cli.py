@@ -38,6 +38,9 @@ def _setup_logging(app: Flask) -> None:
                         format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
     # APScheduler logs every run at INFO; our jobs log what they did themselves.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # httpx logs every request with its whole URL at INFO: a line per message sent, and
+    # provider credentials in query strings (Mobizon's apiKey) would reach the log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @click.group()

@@ -171,7 +171,7 @@ def rematch_orphans(provider: str, provider_message_id: str, message_id: int) ->
         "SELECT id, status, raw_status, error_code, detail, occurred_at FROM event"
         " WHERE message_id IS NULL AND kind = 'receipt' AND provider = ?"
         " AND provider_message_id = ? ORDER BY id",
-        (provider, provider_message_id),
+        (provider, provider_message_id), prepare=True,
     ).fetchall()
     for event_id, status, raw_status, error_code, detail, occurred_at in rows:
         receipt = Receipt(provider=provider, status=Status(status), raw_status=raw_status,
@@ -219,7 +219,7 @@ def _update_status(message_id: int, receipt: Receipt, *, inferred: bool = False)
         status.value, RANK[status], order_key(status, receipt.occurred_at), inferred,
         receipt.occurred_at, receipt.error_code, receipt.detail, utcnow(), message_id,
         *guard_params(status, receipt.occurred_at, inferred=inferred),
-    ))
+    ), prepare=True)
     return cursor.rowcount == 1
 
 

@@ -43,7 +43,12 @@ log = logging.getLogger(__name__)
 # Longest a send waits for its rate-limit slot once started; a later slot puts the message
 # back in the queue until then, so one throttled provider never holds up the others.
 MAX_SLOT_WAIT = 2.0
+# Slots are this much more than 1/rate apart: sends leave a few milliseconds after their slots
+# (thread wake-up, HTTP), and with slots exactly 1/rate apart the provider would then count
+# rate + 1 in some one-second windows. 2 % absorbs 20 ms of such jitter over a second.
+SLOT_MARGIN = 1.02
 REAP_INTERVAL = 2.0  # seconds between two looks for lost sends
+ORPHANED_CLAIM = 50  # messages of providers no longer configured, failed per look
 
 
 def new_owner() -> str:
@@ -67,7 +72,18 @@ def owner_is_gone(owner: str, me: str) -> bool:
         return True
     except PermissionError:
         return False  # alive, another user's
-    return False  # alive (or its pid reused: then its lease decides)
+    return _zombie(pid)  # else alive (or its pid reused: then its lease decides)
+
+
+def _zombie(pid: int) -> bool:
+    """A process killed but not yet reaped (its parent died with it and no init reaped it)
+    still answers kill(pid, 0); Linux shows it as state Z in /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:][:1] in ("Z", "X")
 
 
 Outcome = SendResult | SendError
@@ -87,13 +103,13 @@ class Dispatcher:
     """Claims, sends and records; `run()` until stopped, or `run_once()` for one round."""
 
     def __init__(self, providers: dict[str, Provider], *, max_attempts: int,
-                 backoff_seconds: float, interval: float = 1.0, claim_limit: int = 200,
+                 backoff_seconds: float, interval: float = 1.0, claim_limit: int = 50,
                  owner: str | None = None) -> None:
         self.providers = providers
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.interval = interval  # longest between two looks for due messages
-        self.claim_limit = claim_limit
+        self.claim_limit = claim_limit  # most messages claimed per provider per look
         self.owner = owner or new_owner()
         self.wake = threading.Event()
         self._pools: dict[str, ThreadPoolExecutor] = {}
@@ -101,9 +117,15 @@ class Dispatcher:
         self._backlog: dict[str, deque[Message]] = defaultdict(deque)  # claimed, not started
         self._done: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._unrecorded: list[_Request] = []  # answers whose recording failed: try again
+        self._started: list[Message] = []  # claimed and started, to send after the commit
+        self.sent: Counter[str] = Counter()  # outcomes recorded, per provider (for the log)
         self._look = True  # look for due messages at the next step
         self._last_look = 0.0
         self._last_reap = 0.0
+        for provider in providers.values():
+            # Built now, not by the first send: a client loads its TLS context (tens of ms),
+            # which would make the first sends late for their rate-limit slots.
+            provider.client  # noqa: B018
         # Every send's lease: its slot wait, its request, and time to record the answer.
         self.lease = dt.timedelta(seconds=MAX_SLOT_WAIT + sending.SEND_LEASE_MARGIN + max(
             (p.request_deadline() for p in providers.values()), default=30.0))
@@ -153,18 +175,25 @@ class Dispatcher:
             except UNAVAILABLE_ERRORS as exc:  # sends left open are found by the next start
                 log.error("dispatcher %s could not record its last answers: %r", self.owner, exc)
             self.close()
-            log.info("dispatcher %s stopped", self.owner)
+            log.info("dispatcher %s stopped; sends recorded: %s", self.owner,
+                     ", ".join(f"{slug} {n}" for slug, n in sorted(self.sent.items())) or "none")
 
     def run_once(self, limit: int) -> int:
         """Claim up to `limit` due messages, send them all, record every outcome; returns how
         many were claimed."""
-        claimed = self._claim(limit, skip=[])
+        try:
+            with write_tx():
+                claimed = self._claim({slug: limit for slug in self.providers})
+        except BaseException:
+            self._started = []
+            raise
+        self._submit_started()
         while self._pending():
             self._start_backlog()
             if self._busy:
                 self.wake.wait(1.0)
                 self.wake.clear()
-            self._record_done()
+            self._record(self._collect())
         return claimed
 
     def drain(self) -> None:
@@ -175,8 +204,8 @@ class Dispatcher:
         while self._busy and time.monotonic() < deadline:
             self.wake.wait(0.2)
             self.wake.clear()
-            self._record_done()
-        self._record_done()
+            self._record(self._collect())
+        self._record(self._collect())
         if self._busy:
             log.error("dispatcher %s stops with %d send(s) unanswered; they will be marked "
                       "unknown", self.owner, sum(self._busy.values()))
@@ -186,23 +215,34 @@ class Dispatcher:
     # -- one step ----------------------------------------------------------------------------
 
     def step(self) -> None:
-        """Record what came back, look for lost sends now and then, claim what capacity
-        allows, start what was claimed."""
-        self._record_done()
+        """Record what came back and claim what capacity allows, in one transaction (one
+        fsync on SQLite, however many sends it covers); start the claims; look for lost
+        sends now and then."""
         now = time.monotonic()
         if now - self._last_reap >= REAP_INTERVAL:
             self._last_reap = now
             self.reap()
-        free = {slug: self._capacity(slug) - self._busy[slug] - len(self._backlog[slug])
+        done = self._collect()
+        free = {slug: min(self.claim_limit, self._room(slug) - len(self._backlog[slug]))
                 for slug in self.providers}
-        room = min(self.claim_limit, sum(max(0, n) for n in free.values()))
-        if room and (self._look or now - self._last_look >= self.interval):
+        free = {slug: n for slug, n in free.items() if n > 0}
+        look = bool(free) and (self._look or now - self._last_look >= self.interval)
+        if look:
             self._look = False
             self._last_look = now
-            if sending.anything_due():
-                skip = [slug for slug, n in free.items() if n <= 0]
-                if self._claim(room, skip) == room:
-                    self._look = True  # likely more due: look again as capacity frees
+            # An idle SQLite dispatcher is woken by every commit (a callback too): a read
+            # first, so it takes the writer lock only when there is something to send.
+            look = bool(done) or sending.anything_due()
+        if done or look:
+            try:
+                with write_tx():
+                    self._record(done)
+                    if look and self._claim(free) == sum(free.values()):
+                        self._look = True  # likely more due: look again as capacity frees
+            except BaseException:
+                self._started = []  # rolled back: not started, not ours to send
+                raise
+            self._submit_started()
         self._start_backlog()
 
     def _next_look(self) -> float:
@@ -217,11 +257,38 @@ class Dispatcher:
         provider = self.providers.get(slug)
         return provider.config["max_in_flight"] if provider else 1
 
-    def _claim(self, limit: int, skip: list[str]) -> int:
-        messages = sending.claim_due(self.owner, limit, skip)
+    def _room(self, slug: str) -> int:
+        """Messages this provider can take now: free requests times messages per request."""
+        provider = self.providers.get(slug)
+        return (self._capacity(slug) - self._busy[slug]) * (provider.SEND_BATCH if provider
+                                                             else 1)
+
+    def _claim(self, limits: dict[str, int]) -> int:
+        """Claim due messages, at most `limits[slug]` per provider (inside the caller's
+        transaction): those of providers without a rate limit start at once (`_started`, sent
+        after the commit), the others wait in the backlog for their slots."""
+        unthrottled = frozenset(slug for slug, p in self.providers.items()
+                                if p.config["rate_limit_per_second"] <= 0)
+        messages = sending.claim_due(self.owner, limits, start=unthrottled, lease=self.lease,
+                                     others=ORPHANED_CLAIM, configured=tuple(self.providers))
         for message in messages:
-            self._backlog[message.provider].append(message)
+            if message.send_started_at is not None:
+                self._started.append(message)
+            else:
+                self._backlog[message.provider].append(message)
         return len(messages)
+
+    def _submit_started(self) -> None:
+        """Send what `_claim` started, once its transaction has committed."""
+        started, self._started = self._started, []
+        by_provider: dict[str, list[Message]] = defaultdict(list)
+        for message in started:
+            by_provider[message.provider].append(message)
+        for slug, messages in by_provider.items():
+            provider = self.providers.get(slug)
+            size = provider.SEND_BATCH if provider else 1
+            for i in range(0, len(messages), size):
+                self._submit(_Request(slug, messages[i:i + size]))
 
     # -- starting sends ----------------------------------------------------------------------
 
@@ -233,7 +300,7 @@ class Dispatcher:
         for slug, backlog in self._backlog.items():
             provider = self.providers.get(slug)
             size = provider.SEND_BATCH if provider else 1
-            room = (self._capacity(slug) - self._busy[slug]) * size
+            room = self._room(slug)
             take: list[Message] = []
             while backlog and len(take) < room:
                 message = backlog.popleft()
@@ -268,7 +335,7 @@ class Dispatcher:
         rate = provider.config["rate_limit_per_second"] if provider else 0
         if rate <= 0 or provider is None:
             return []
-        interval = 1.0 / rate
+        interval = SLOT_MARGIN / rate
         first = throttle.reserve(provider.slug, interval, count=count)
         return [first + i * interval for i in range(count)]
 
@@ -317,18 +384,21 @@ class Dispatcher:
 
     # -- recording outcomes ------------------------------------------------------------------
 
-    def _record_done(self) -> None:
-        """Record every answer that came back, in one transaction."""
+    def _collect(self) -> list[_Request]:
+        """The requests answered since the last look (and any whose recording failed)."""
         batch, self._unrecorded = self._unrecorded, []
         while True:
             try:
                 request = self._done.get_nowait()
             except queue.Empty:
-                break
+                return batch
             self._busy[request.slug] -= 1
             if not self._busy[request.slug]:
                 del self._busy[request.slug]
             batch.append(request)
+
+    def _record(self, batch: list[_Request]) -> None:
+        """Record the outcomes of these requests, in one transaction (the caller's, if any)."""
         if not batch:
             return
         try:
@@ -339,6 +409,8 @@ class Dispatcher:
         except BaseException:
             self._unrecorded = batch  # nothing of it was committed: try again
             raise
+        for request in batch:
+            self.sent[request.slug] += len(request.messages)
         self._look = True  # a retry or failover may be due now, and capacity is free
 
     def _record_one(self, message: Message, outcome: Outcome) -> None:
@@ -361,6 +433,8 @@ class Dispatcher:
         gone = [o for o in sending.send_owners() if owner_is_gone(o, self.owner)]
         if not gone:
             return 0
+        for owner in gone:  # its claims not yet started: due again now, not in CLAIM_SECONDS
+            sending.release_claims(owner)
         return self._mark_lost(sending.lost_sends(owners=gone),
                                "its dispatcher stopped before the answer was recorded")
 
@@ -385,10 +459,3 @@ class Dispatcher:
             with contextlib.suppress(Exception):
                 db.close()
             raise
-
-
-def claim_limit_for(providers: dict[str, Provider], batch_size: int) -> int:
-    """How many messages one claim may take: what every provider can have under way."""
-    return max(batch_size, sum(p.config["max_in_flight"] * p.SEND_BATCH
-                               for p in providers.values()))
-

@@ -21,7 +21,7 @@ from flask import Flask
 
 from . import jobs
 from .db import db
-from .dispatcher import Dispatcher, claim_limit_for
+from .dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 LEASE_NAME = "worker"
@@ -104,7 +104,7 @@ class Worker:
             providers, max_attempts=cfg["send_max_attempts"],
             backoff_seconds=cfg["send_backoff_seconds"],
             interval=cfg["dispatch_interval_seconds"],
-            claim_limit=claim_limit_for(providers, cfg["dispatch_batch_size"]))
+            claim_limit=cfg["dispatch_batch_size"])
         try:
             engine.run(self.stopping)
         finally:

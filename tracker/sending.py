@@ -146,28 +146,50 @@ _FIELDS = Message._meta.sorted_fields
 _COLUMNS = ", ".join(f'"{f.column_name}"' for f in _FIELDS)
 
 
-def claim_due(owner: str, limit: int, skip: list[str] | None = None,
-              now: dt.datetime | None = None) -> list[Message]:
-    """Claim up to `limit` due messages (not of the providers in `skip`) for `owner`.
+def claim_due(owner: str, limits: dict[str, int], *, start: frozenset[str] = frozenset(),
+              lease: dt.timedelta | None = None, others: int = 0,
+              configured: tuple[str, ...] = (), now: dt.datetime | None = None
+              ) -> list[Message]:
+    """Claim due messages for dispatcher `owner`: at most `limits[slug]` of each provider, and
+    `others` of providers not `configured` (any more: they fail).
 
-    One statement: two dispatchers never claim the same message (Postgres: `FOR UPDATE SKIP
-    LOCKED`, so every host shares one queue without waiting on another's rows; SQLite: the
-    writer lock serialises). A claim is not a send: until `start_sends` a message may still be
-    canceled, and a dispatcher that dies holding claims only delays them by CLAIM_SECONDS."""
-    if limit <= 0:
-        return []
+    One statement per provider: two dispatchers never claim the same message (Postgres: `FOR
+    UPDATE SKIP LOCKED`, so every host shares one queue without waiting on another's rows;
+    SQLite: the writer lock serialises). A claim is not a send: until `start_sends` a message
+    may still be canceled, and a dispatcher that dies holding claims only delays them by
+    CLAIM_SECONDS.
+
+    `start`: providers whose claimed messages start sending at once (no rate-limit slot to wait
+    for): the same statement records their sends as started, with `lease`, so claim and start
+    cost one write (the caller sends only after the commit). A message with a send_at still
+    ahead (a provider that holds it was configured not to since) is only claimed."""
     now = now or utcnow()
+    claim_until = now + dt.timedelta(seconds=CLAIM_SECONDS)
     lock = "" if is_sqlite() else " FOR UPDATE SKIP LOCKED"
-    only = f" AND provider NOT IN ({', '.join('?' * len(skip))})" if skip else ""
+    rows: list[tuple[Any, ...]] = []
+    wanted = [("provider = ?", (slug,), n, slug in start) for slug, n in limits.items()]
+    if others and configured:
+        wanted.append((f"provider NOT IN ({', '.join('?' * len(configured))})", configured,
+                       others, False))
     with write_tx():
-        rows = execute(
-            "UPDATE message SET claimed_until = ?, claimed_by = ? WHERE id IN ("  # noqa: S608
-            f" SELECT id FROM message WHERE due_at <= ? AND {_PENDING}{only}"
-            " AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY due_at LIMIT ?"
-            f"{lock}) RETURNING {_COLUMNS}",
-            (now + dt.timedelta(seconds=CLAIM_SECONDS), owner, now, *(skip or ()), now,
-             limit),
-        ).fetchall()
+        for where, params, limit, starts in wanted:
+            if limit <= 0:
+                continue
+            if starts and lease is not None:
+                now_ok = "send_at IS NULL OR send_at <= ?"
+                set_sql = (f"send_started_at = CASE WHEN {now_ok} THEN ? END,"
+                           f" claimed_until = CASE WHEN {now_ok} THEN ? ELSE ? END,"
+                           f" attempts = attempts + CASE WHEN {now_ok} THEN 1 ELSE 0 END")
+                set_params: tuple[Any, ...] = (now, now, now, now + lease, claim_until, now)
+            else:
+                set_sql, set_params = "claimed_until = ?", (claim_until,)
+            rows += execute(
+                f"UPDATE message SET {set_sql}, claimed_by = ? WHERE id IN ("  # noqa: S608
+                f" SELECT id FROM message WHERE {where} AND due_at <= ? AND {_PENDING}"
+                " AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY due_at LIMIT ?"
+                f"{lock}) RETURNING {_COLUMNS}",
+                (*set_params, owner, *params, now, now, limit),
+            ).fetchall()
     messages = [Message(**{f.name: f.python_value(v) for f, v in zip(_FIELDS, row, strict=True)})
                 for row in rows]
     return sorted(messages, key=lambda m: (m.due_at, m.id))
@@ -237,9 +259,11 @@ def lost_sends(now: dt.datetime | None = None,
 
 
 def send_owners() -> list[str]:
-    """Every dispatcher that has a send in flight."""
-    return [r[0] for r in execute("SELECT DISTINCT claimed_by FROM message"
-                                  " WHERE send_started_at IS NOT NULL").fetchall() if r[0]]
+    """Every dispatcher that has a send in flight or a claim (claims are on due rows)."""
+    return [r[0] for r in execute(
+        "SELECT DISTINCT claimed_by FROM message WHERE send_started_at IS NOT NULL"
+        " UNION SELECT DISTINCT claimed_by FROM message WHERE due_at IS NOT NULL"
+        " AND claimed_by IS NOT NULL").fetchall() if r[0]]
 
 
 def record_lost(message_id: int, owner: str, started: dt.datetime, why: str) -> bool:
@@ -315,19 +339,29 @@ def dispatch(providers: dict[str, Provider], *, batch_size: int, max_attempts: i
         return dispatcher.run_once(batch_size)
 
 
+_ACCEPTED = (
+    "UPDATE message SET provider_message_id = ?, submitted_at = ?, due_at = NULL,"
+    " expires_at = ?, poll_at = ?, send_started_at = NULL, claimed_until = NULL,"
+    " claimed_by = NULL, updated_at = ? WHERE id = ?")
+_SUBMITTED_EVENT = (
+    "INSERT INTO event (message_id, kind, source, provider, provider_message_id, status,"
+    " detail, applied, received_at) VALUES (?, 'submitted', 'dispatcher', ?, ?, 'accepted', ?,"
+    " ?, ?)")
+
+
 def record_accepted(message: Message, result: SendResult,
                     provider: Provider | None = None) -> None:
     """Store the provider id, move to `accepted`, and apply receipts that waited for it."""
     now = utcnow()
     starts = max(now, message.send_at) if message.send_at else now  # a provider may hold it
+    # Hand-written statements: this runs for every message sent, in the dispatcher's one
+    # thread, where peewee's query building would cost as much as the statements themselves.
     with write_tx():
-        _end_send(message, now, provider_message_id=result.provider_message_id,
-                  submitted_at=now, due_at=None, expires_at=starts + _validity(provider),
-                  poll_at=_first_poll(provider, starts))
-        Event.create(message=message.id, kind="submitted", source="dispatcher",
-                     provider=message.provider, provider_message_id=result.provider_message_id,
-                     status=Status.ACCEPTED, detail=_clip(result.raw), received_at=now,
-                     applied=correlation.set_status(message.id, Status.ACCEPTED))
+        execute(_ACCEPTED, (result.provider_message_id, now, starts + _validity(provider),
+                            _first_poll(provider, starts), now, message.id), prepare=True)
+        applied = correlation.set_status(message.id, Status.ACCEPTED)
+        execute(_SUBMITTED_EVENT, (message.id, message.provider, result.provider_message_id,
+                                   _clip(result.raw), applied, now), prepare=True)
         correlation.rematch_orphans(message.provider, result.provider_message_id, message.id)
         for receipt in result.receipts:
             correlation.apply_receipt(receipt, source=message.provider)

@@ -20,6 +20,9 @@ T = TypeVar("T")
 class StandInServer(ThreadingHTTPServer):
     daemon_threads = False  # server_close() joins the handler threads
     block_on_close = True
+    # The dispatcher opens up to max_in_flight connections at once; with the default backlog
+    # of 5 the kernel drops the extra SYNs and the client retries a second later.
+    request_queue_size = 128
     stand_in: Any  # the StandIn serving, for the handler
 
 

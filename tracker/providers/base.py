@@ -167,6 +167,10 @@ COMMON_SETTINGS: dict[str, Setting] = {
     "rate_limit_per_second": Setting(float, default=0.0),  # 0 = no limit
     # Requests to this provider under way at once, per dispatcher process (each worker host).
     "max_in_flight": Setting(int, default=16),
+    # Longest wait for each step of a request (connect at most 5 s of it): a send that gets no
+    # answer becomes `unknown`, and a send lost with its process is declared so within about
+    # three times this (tracker.dispatcher's send lease).
+    "timeout_seconds": Setting(float, default=15.0),
     # Hand scheduled messages to the provider at once (for providers with DEFER_WINDOW) instead
     # of holding them here until due; they can then no longer be canceled here.
     "provider_scheduling": Setting(bool, default=False),
@@ -208,6 +212,10 @@ class Provider:
         self.config = self.validate(config)
         if self.config["max_in_flight"] < 1:
             raise ConfigError(f"providers.{self.slug}.max_in_flight: must be at least 1")
+        if self.config["timeout_seconds"] <= 0:
+            raise ConfigError(f"providers.{self.slug}.timeout_seconds: must be more than 0")
+        seconds = self.config["timeout_seconds"]
+        self.timeout = httpx.Timeout(seconds, connect=min(5.0, seconds))
         self.public_base_url = public_base_url
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
@@ -260,7 +268,7 @@ class Provider:
         could outlast it; a send outlasting its lease is declared lost, never resent, and its
         late answer, if any, is still recorded.)"""
         t = self.timeout
-        return sum(x or 0.0 for x in (t.connect, t.write, t.read, t.pool))
+        return sum(x or 0.0 for x in (t.connect, t.write, t.read))
 
     def explain(self, code: str | None) -> str | None:
         """What a raw status or error code of this provider means, in words; None if unknown.

@@ -143,17 +143,35 @@ class SkycoreProvider(Provider):
         if response.status_code >= 500:
             raise SendError(f"Skycore HTTP {response.status_code}", permanent=False, raw=raw,
                             provider_side=True)
-        return self._read_send_response(response.content, raw)
+        return self._read_send_response(response.content, raw, response.status_code)
 
-    def _read_send_response(self, content: bytes, raw: str) -> SendResult:
+    def _read_send_response(self, content: bytes, raw: str, http_status: int = 200
+                            ) -> SendResult:
         try:
             root = safexml.parse(content)
+            outcome = (safexml.find_text(root, "STATUS") or "").lower()
         except safexml.XMLRefused as exc:
-            raise SendError(f"Skycore answer unreadable: {exc}", permanent=False, raw=raw) from exc
-        outcome = (safexml.find_text(root, "STATUS") or "").lower()
+            unreadable = str(exc)
+        else:
+            unreadable = "" if outcome in ("success", "failure") else "no Success or Failure"
+        if unreadable and 200 <= http_status < 300:
+            # Something answered "OK" in a form we cannot read (an HTML page from a proxy or a
+            # maintenance screen): the message may have gone out, so it is never sent again.
+            raise SendError(f"Skycore HTTP {http_status}, answer unreadable: {unreadable}",
+                            permanent=False, provider_side=True, outcome_unknown=True,
+                            code="UNREADABLE", raw=raw)
+        if unreadable:  # an error page: refused before Skycore took the message
+            raise SendError(f"Skycore HTTP {http_status}, answer unreadable: {unreadable}",
+                            permanent=False, raw=raw, provider_side=True,
+                            code=f"HTTP_{http_status}")
         tracking_id = safexml.find_text(root, "TRACKINGID")
         if outcome == "success" and tracking_id:
             return SendResult(provider_message_id=tracking_id, raw=raw)
+        if outcome == "success":
+            # Accepted, but without the id we can neither track it nor safely send it again.
+            raise SendError("Skycore answered Success without a TRACKINGID", permanent=False,
+                            provider_side=True, outcome_unknown=True, code="NO_TRACKINGID",
+                            raw=raw)
         code = (safexml.find_text(root, "ERRORCODE") or "").upper()
         info = safexml.find_text(root, "ERRORINFO") or "no ERRORINFO"
         detail = f"{code or 'no ERRORCODE'}: {info}"
