@@ -458,25 +458,37 @@ def lone_latency(api: httpx.Client, standin: StandIn, count: int, numbers: itert
 
 
 def enqueue_many(base_url: str, key: str, numbers: list[int], clients: int,
-                 progress: dict[str, int]) -> tuple[list[str], list[str]]:
-    """POST every message from `clients` threads; returns (texts answered 202, errors)."""
+                 progress: dict[str, int], batch: int = 0) -> tuple[list[str], list[str]]:
+    """POST every message from `clients` threads, one per request or, with `batch`, that many
+    per `POST /api/v1/messages/batch`; returns (texts answered 202, errors)."""
     accepted: list[str] = []
     errors: list[str] = []
     lock = threading.Lock()
 
+    def post(client: httpx.Client, group: list[int]) -> tuple[bool, str]:
+        if not batch:
+            response = send_one(client, f"bench {group[0]}", group[0])
+        else:
+            response = client.post("/api/v1/messages/batch", json={"messages": [
+                {"to": phone(n), "text": f"bench {n}"} for n in group]})
+        return response.status_code == 202, f"HTTP {response.status_code}"
+
     def run(chunk: list[int]) -> None:
+        size = batch or 1
         with httpx.Client(base_url=base_url, timeout=60,
                           headers={"Authorization": f"Bearer {key}"}) as client:
-            for n in chunk:
-                text = f"bench {n}"
+            for i in range(0, len(chunk), size):
+                group = chunk[i:i + size]
                 try:
-                    response = send_one(client, text, n)
-                    ok, error = response.status_code == 202, f"HTTP {response.status_code}"
+                    ok, error = post(client, group)
                 except httpx.HTTPError as exc:
                     ok, error = False, repr(exc)
                 with lock:
-                    (accepted.append(text) if ok else errors.append(error))
-                    progress["enqueued"] += 1
+                    if ok:
+                        accepted.extend(f"bench {n}" for n in group)
+                    else:
+                        errors.append(error)
+                    progress["enqueued"] += len(group)
 
     threads = [threading.Thread(target=run, args=(numbers[k::clients],), daemon=True)
                for k in range(clients)]
@@ -601,7 +613,7 @@ def measure_run(run: Run, args: argparse.Namespace, procs: Processes, tmp: Path
 
         def enqueue() -> None:
             result["texts"], result["errors"] = enqueue_many(service.base_url, key, bulk,
-                                                             args.clients, progress)
+                                                             args.clients, progress, args.batch)
             result["end"] = time.monotonic()
 
         print(f"  throughput: {args.messages:,} messages from {args.clients} API clients",
@@ -742,6 +754,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(at least the period of any periodic job it should not fall into"
                              " step with)")
     parser.add_argument("--clients", type=int, default=8, help="API client threads")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="messages per POST /api/v1/messages/batch (default: one message "
+                             "per POST /api/v1/messages)")
     parser.add_argument("--max-in-flight", type=int,
                         help="write [providers.skycore] max_in_flight (default: not written)")
     parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
@@ -787,7 +802,9 @@ def main(argv: list[str] | None = None) -> int:
     results_path = args.results or RESULTS / f"dispatch-{stamp}.jsonl"
     results_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"dlr-tracker sending: {os.cpu_count()} CPUs; {args.messages:,} messages queued from "
-          f"{args.clients} API clients, {args.lone} lone messages; max_in_flight "
+          f"{args.clients} API clients"
+          + (f" in batches of {args.batch}" if args.batch else ", one per request")
+          + f", {args.lone} lone messages; max_in_flight "
           + (str(args.max_in_flight) if args.max_in_flight else "not set (tracker default)")
           + (f"; settings {', '.join(args.setting)}" if args.setting else ""), flush=True)
     pg_problem = (postgres_problem(args.database_url) if any(r.db == "postgres" for r in runs)
@@ -798,7 +815,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="dlr-dispatch-"))
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
-    meta = {"time": stamp, "cpus": os.cpu_count(), "clients": args.clients, **git_state()}
+    meta = {"time": stamp, "cpus": os.cpu_count(), "clients": args.clients, "batch": args.batch,
+            **git_state()}
     try:
         for run in runs:
             if run.db == "postgres" and pg_problem:

@@ -40,6 +40,10 @@ def test_phone_numbers_in_any_format_normalize(client, api_key, written) -> None
     ({"to": "+15551234888", "text": "hi", "send_at": "tomorrow"}, "send_at"),
     ({"to": "+15551234888", "text": "hi", "send_at": "2030-01-01T09:00:00"}, "send_at"),
     ({"to": "+15551234888", "text": "hi", "client_ref": "x" * 65}, "client_ref"),
+    ({"to": "+15551234888", "text": "hi", "provider": ["skycore"]}, "provider"),
+    ({"to": "+15551234888", "text": "hi", "send_at": "9999-12-31T23:59:59+00:00"}, "send_at"),
+    ({"to": "+15551234888", "text": "hi", "send_at": "9999-12-31T23:59:59-05:00"}, "send_at"),
+    ({"to": "+15551234888", "text": "hi", "send_at": "0001-01-01T00:00:00+05:00"}, "send_at"),
 ])
 def test_invalid_requests_are_refused_with_the_field(client, api_key, body, field) -> None:
     response = client.post("/api/v1/messages", json=body, headers=auth(api_key))
@@ -87,3 +91,53 @@ def test_unknown_message_is_404(client, api_key) -> None:
 def test_wrong_method_is_json_405(client, api_key) -> None:
     response = client.put("/api/v1/messages", headers=auth(api_key))
     assert response.status_code == 405 and response.json["error"]["code"]
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+
+def test_a_batch_is_queued_in_order_in_one_request(client, api_key) -> None:
+    items = [{"to": f"+1 555 123 {i:04d}", "text": f"batch #{i}", "client_ref": f"c{i}"}
+             for i in range(250)]
+    items[7]["send_at"] = "2030-01-01T09:00:00Z"
+    response = client.post("/api/v1/messages/batch", json={"messages": items},
+                           headers=auth(api_key))
+    assert response.status_code == 202, response.json
+    got = response.json["messages"]
+    assert [m["text"] for m in got] == [i["text"] for i in items]
+    assert [m["to"] for m in got] == [f"+1555123{i:04d}" for i in range(250)]
+    assert {m["status"] for m in got[:7] + got[8:]} == {"queued"}
+    assert got[7]["status"] == "scheduled"
+    assert len({m["reference"] for m in got}) == 250
+    for item in (got[0], got[249]):  # each readable by its id, as the API stored it
+        one = client.get(f"/api/v1/messages/{item['id']}", headers=auth(api_key)).json
+        assert {k: one[k] for k in item} == item
+        assert [e["kind"] for e in one["events"]] == ["created", "routed"]
+
+
+def test_a_batch_with_an_invalid_message_queues_none_and_names_each(client, api_key) -> None:
+    items = [{"to": "+15551234888", "text": "ok"}, {"to": "12", "text": "bad number"},
+             "not an object", {"to": "+15551234888", "text": "x", "provider": "nope"}]
+    response = client.post("/api/v1/messages/batch", json={"messages": items},
+                           headers=auth(api_key))
+    assert response.status_code == 400
+    error = response.json["error"]
+    assert error["code"] == "invalid_messages" and "none was queued" in error["message"]
+    assert [(e["index"], e["field"]) for e in error["errors"]] == [
+        (1, "to"), (2, None), (3, "provider")]
+    assert Message.select().count() == 0
+
+
+@pytest.mark.parametrize("body", [{}, {"messages": []}, {"messages": {"to": "+1"}}, [1, 2]])
+def test_a_batch_that_is_not_a_list_of_messages_is_400(client, api_key, body) -> None:
+    response = client.post("/api/v1/messages/batch", json=body, headers=auth(api_key))
+    assert (response.status_code, response.json["error"]["code"]) == (400, "invalid_json")
+
+
+def test_a_batch_over_the_limit_is_refused_whole(client, api_key) -> None:
+    items = [{"to": "+15551234888", "text": "x"}] * 1001
+    response = client.post("/api/v1/messages/batch", json={"messages": items},
+                           headers=auth(api_key))
+    assert (response.status_code, response.json["error"]["code"]) == (400, "too_many_messages")
+    assert client.post("/api/v1/messages/batch", json={"messages": items[:2]}).status_code == 401
+    assert Message.select().count() == 0

@@ -128,6 +128,9 @@ Message.add_index(Message.index(Message.provider, Message.poll_at,
 # Sends in flight, for the job that finds the lost ones (a handful of rows at any time).
 Message.add_index(Message.index(Message.claimed_until,
                                 where=Message.send_started_at.is_null(False)))
+# Due messages by provider, for the dispatcher's claims (m0007).
+Message.add_index(Message.index(Message.provider, Message.due_at,
+                                where=Message.due_at.is_null(False)))
 Message.add_index(Message.index(Message.resent_from, where=Message.resent_from.is_null(False)))
 
 

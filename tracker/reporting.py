@@ -37,7 +37,12 @@ def resolve_message_id(ident: str) -> int | None:
 
 def message_detail(message_id: int) -> dict[str, Any]:
     """The API representation of one message with its events."""
-    m = Message.get_by_id(message_id)
+    return {**message_dict(Message.get_by_id(message_id)),
+            "events": [event_dict(e) for e in timeline(message_id)]}
+
+
+def message_dict(m: Message) -> dict[str, Any]:
+    """The API representation of one message, without its events."""
     return {
         "id": m.id,
         "reference": m.reference,
@@ -61,7 +66,6 @@ def message_detail(message_id: int) -> dict[str, Any]:
         "status_at": iso(m.status_at),
         "expires_at": iso(m.expires_at),
         "updated_at": iso(m.updated_at),
-        "events": [event_dict(e) for e in timeline(message_id)],
     }
 
 

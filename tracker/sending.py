@@ -71,6 +71,8 @@ def validate(data: dict[str, Any], *, providers: dict[str, Provider], default_pr
     except phones.InvalidPhone as exc:
         raise SendRejected("to", f"invalid phone number: {exc}") from exc
     explicit = data.get("provider") or None
+    if explicit is not None and not isinstance(explicit, str):
+        raise SendRejected("provider", "provider must be a string")
     if explicit is not None and explicit not in providers:
         raise SendRejected("provider", f"provider {explicit!r} is not configured "
                                        f"(configured: {', '.join(sorted(providers))})")
@@ -99,36 +101,76 @@ def _parse_send_at(value: Any) -> dt.datetime | None:
         raise SendRejected("send_at", f"send_at is not ISO 8601: {value!r}") from exc
     if when.tzinfo is None:
         raise SendRejected("send_at", "send_at needs a time zone (e.g. 2026-01-01T09:00:00Z)")
-    return when.astimezone(dt.UTC).replace(tzinfo=None)
+    try:
+        when = when.astimezone(dt.UTC).replace(tzinfo=None)
+    except OverflowError as exc:  # 0001-01-01 or 9999-12-31 with an offset
+        raise SendRejected("send_at", f"send_at is out of range: {value!r}") from exc
+    if when > utcnow() + MAX_SCHEDULE_AHEAD:
+        raise SendRejected("send_at", f"send_at is more than {MAX_SCHEDULE_AHEAD.days} days "
+                                      "ahead")
+    return when
+
+
+# How far ahead a message may be scheduled: far beyond any real campaign, and short of the
+# dates whose validity arithmetic would overflow (9999-12-31).
+MAX_SCHEDULE_AHEAD = dt.timedelta(days=100 * 365)
 
 
 def enqueue(new: NewMessage, *, source: str) -> Message:
     """Store the message (queued or scheduled) and its `created` event."""
+    return enqueue_many([new], source=source)[0]
+
+
+# Rows per INSERT statement: SQLite binds at most 32,766 parameters in one statement.
+_INSERT_CHUNK = 500
+
+
+def enqueue_many(news: list[NewMessage], *, source: str) -> list[Message]:
+    """Store messages (queued or scheduled), each with its `created` (and `routed`) event, in
+    one transaction: all of them or, on an error, none."""
     now = utcnow()
-    scheduled = new.send_at is not None and new.send_at > now
-    status = Status.SCHEDULED if scheduled else Status.QUEUED
-    due = new.send_at if scheduled and new.send_at and not new.deferred else now
-    shape = segment(new.text)
-    with write_tx():
-        message = Message.create(
+    messages: list[Message] = []
+    for new in news:
+        scheduled = new.send_at is not None and new.send_at > now
+        status = Status.SCHEDULED if scheduled else Status.QUEUED
+        due = new.send_at if scheduled and new.send_at and not new.deferred else now
+        shape = segment(new.text)
+        messages.append(Message(
             reference=new_reference(), client_ref=new.client_ref, provider=new.provider,
             recipient=new.to, sender=new.sender, text=new.text, status=status,
             status_rank=0, status_order=order_key(status, None), send_at=new.send_at,
             due_at=due, created_at=now, updated_at=now, encoding=shape.encoding,
             segments=shape.segments, route=",".join(new.failover) or None,
-            expires_at=due + new.validity,
-        )
-        Event.create(message=message, kind="created", source=source, provider=new.provider,
-                     status=status, applied=True, received_at=now,
-                     detail=(f"scheduled for {new.send_at:%Y-%m-%d %H:%M:%S} UTC"
-                             + (f", held by {new.provider}" if new.deferred else ""))
-                     if scheduled else None)
-        if new.rule != EXPLICIT:  # a named provider is the caller's choice, not a decision
-            Event.create(message=message, kind="routed", source=source, provider=new.provider,
-                         received_at=now, detail=new.route_description())
-        if not scheduled:
-            wakeup.notify()  # a dispatcher sends it now rather than at its next look
-    return message
+            expires_at=due + new.validity, attempts=0, status_inferred=False,
+        ))
+    fields = [f for f in Message._meta.sorted_fields if f.name != "id"]
+    with write_tx():
+        for i in range(0, len(messages), _INSERT_CHUNK):
+            chunk = messages[i:i + _INSERT_CHUNK]
+            ids = dict(Message.insert_many([[getattr(m, f.name) for f in fields] for m in chunk],
+                                           fields=fields)
+                       .returning(Message.reference, Message.id).tuples().execute())
+            for message in chunk:
+                message.id = ids[message.reference]
+        events = []
+        for new, message in zip(news, messages, strict=True):
+            scheduled = message.status == Status.SCHEDULED
+            events.append({
+                "message": message.id, "kind": "created", "source": source,
+                "provider": new.provider, "status": message.status, "applied": True,
+                "received_at": now,
+                "detail": (f"scheduled for {new.send_at:%Y-%m-%d %H:%M:%S} UTC"
+                           + (f", held by {new.provider}" if new.deferred else ""))
+                if scheduled else None})
+            if new.rule != EXPLICIT:  # a named provider is the caller's choice, not a decision
+                events.append({"message": message.id, "kind": "routed", "source": source,
+                               "provider": new.provider, "status": None, "applied": None,
+                               "received_at": now, "detail": new.route_description()})
+        for i in range(0, len(events), _INSERT_CHUNK):
+            Event.insert_many(events[i:i + _INSERT_CHUNK]).execute()
+        if any(m.status == Status.QUEUED for m in messages):
+            wakeup.notify()  # a dispatcher sends them now rather than at its next look
+    return messages
 
 
 def new_reference() -> str:

@@ -5,8 +5,8 @@
 answer is recorded. A row with `send_started_at` whose lease (`claimed_until`) ran out, or whose
 dispatcher is gone, never got an answer: it becomes `unknown`, never sent again by itself.
 
-The partial index holds only sends in flight (a handful of rows at any time), so the job that
-looks for lost sends reads next to nothing.
+The partial indexes hold only sends in flight (a handful of rows at any time), so the look for
+lost sends reads next to nothing, and only due messages, by provider, for the claims.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ def _ddl(ts: str) -> list[str]:
         f'ALTER TABLE "message" ADD COLUMN "send_started_at" {ts}',
         'CREATE INDEX "message_claimed_until" ON "message" ("claimed_until")'
         ' WHERE ("send_started_at" IS NOT NULL)',
+        # A dispatcher claims per provider: without the provider first, a provider with
+        # nothing due would walk every due message of the others at each look.
+        'CREATE INDEX "message_provider_due_at" ON "message" ("provider", "due_at")'
+        ' WHERE ("due_at" IS NOT NULL)',
     ]
 
 

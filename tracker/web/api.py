@@ -56,6 +56,45 @@ def create_message() -> Any:
     return response
 
 
+BATCH_MAX = 1000  # messages per batch request (and the body at most 1 MiB)
+
+
+@bp.post("/messages/batch")
+@require_key
+def create_messages() -> Any:
+    """Queue up to BATCH_MAX messages in one request, all or none: 202 with every message
+    (without events), in the order given; 400 listing each invalid one, none queued."""
+    data = request.get_json(silent=True)
+    items = data.get("messages") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not items:
+        return error(400, "invalid_json", 'send {"messages": [ … ]} with Content-Type: '
+                     "application/json, each item as for POST /api/v1/messages")
+    if len(items) > BATCH_MAX:
+        return error(400, "too_many_messages",
+                     f"at most {BATCH_MAX} messages per batch, got {len(items)}")
+    cfg = current_app.config["TRACKER"]
+    news: list[sending.NewMessage] = []
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            errors.append({"index": index, "code": "invalid_json", "field": None,
+                           "message": "each message must be a JSON object"})
+            continue
+        try:
+            news.append(sending.validate(
+                item, providers=current_app.extensions["providers"],
+                default_provider=cfg["default_provider"], routes=cfg["routes"],
+                default_region=cfg["default_region"]))
+        except sending.SendRejected as exc:
+            errors.append({"index": index, "code": "invalid_" + exc.field, "field": exc.field,
+                           "message": exc.message})
+    if errors:
+        return error(400, "invalid_messages", f"{len(errors)} of {len(items)} messages are "
+                     "invalid; none was queued", errors=errors)
+    messages = sending.enqueue_many(news, source="api")
+    return jsonify({"messages": [reporting.message_dict(m) for m in messages]}), 202
+
+
 @bp.get("/messages/<ident>")
 @require_key
 def get_message(ident: str) -> Any:
