@@ -550,3 +550,64 @@ def test_poll_unreachable_raises_poll_error() -> None:
         url = gone.url
     with pytest.raises(PollError, match="unreachable"):
         provider(base_url=url).poll([target("1")])
+
+
+# -- json.php: several messages per request ----------------------------------------------------
+
+
+def test_json_send_request_as_documented(alpha) -> None:
+    """PROTOCOLS.md §4.3: "POST {API_URL}/api/json.php, header Content-Type: application/json
+    ... Body: {"auth":"KEY","data":[{…},{…}]} — several messages per call. An SMS item has:
+    type:"sms", id (number, "unique message identifier in the client system"), phone (number),
+    sms_signature (sender), sms_message, sms_lifetime (seconds; min 3600, max 259200 ...),
+    hook"."""
+    p = provider(base_url=alpha.url, api="json")
+    assert p.SEND_BATCH > 1 and p.json_url.endswith("/api/json.php")
+    outcomes = p.send_batch([
+        outbound(p, message_id=7, validity=dt.timedelta(minutes=2880)),
+        outbound(p, to="+380671112233", text="second", message_id=8,
+                 validity=dt.timedelta(minutes=1)),  # below the minimum lifetime
+        outbound(p, text="third", message_id=9, validity=dt.timedelta(days=30)),
+    ])
+    [request] = alpha.json_requests
+    assert request["content_type"].startswith("application/json")
+    body = request["body"]
+    assert body["auth"] == "APIKEY"
+    assert body["data"][0] == {
+        "type": "sms", "id": 7, "phone": 380501234567, "sms_signature": "test",
+        "sms_message": "text", "sms_lifetime": 172800,
+        "hook": f"{BASE}/callbacks/alphasms/tok?ref={REF}"}
+    assert [i["sms_lifetime"] for i in body["data"]] == [172800, 3600, 259200]
+    assert [o.provider_message_id for o in outcomes] == ["84523377", "84523378", "84523379"]
+
+
+def test_json_answers_are_read_per_item_and_per_request() -> None:
+    """PROTOCOLS.md §4.3: "Success: {"success":true,"data":[{"success":true,"data":{"id":100500,
+    "msg_id":123456789,"data":1,"parts":1}}]}. Whole-request error: {"success":false,"error":
+    "Access denied"}. Per-item error: {"success":true,"data":[{"success":false,"error":"Error in
+    Alpha-name","data":{"id":100500}}]}. → Check both levels." """
+    p = provider(api="json")
+    ok = b'{"success":true,"data":[{"success":true,"data":{"id":1,"msg_id":55,"data":1,"parts":1}}'
+    ok += b',{"success":false,"error":"Error in Alpha-name","data":{"id":2}}]}'
+    first, second, missing = p.read_batch_answer(200, ok, ok.decode(), [1, 2, 3])
+    assert first.provider_message_id == "55"
+    assert (second.status, second.permanent, second.provider_side) == (
+        Status.REJECTED, True, False)  # the sender name: the message's fault, as for http.php
+    assert missing.outcome_unknown  # the request went through; no word of this one
+    denied = sample("alphasms-json-send-response-accessdenied-1.json")
+    refused = p.read_batch_answer(200, denied, denied.decode(), [1, 2])
+    assert all(e.provider_side and not e.outcome_unknown for e in refused)
+    alpha_name = sample("alphasms-json-send-response-alphaname-error-1.json")
+    [item_error] = p.read_batch_answer(200, alpha_name, alpha_name.decode(), [100500])
+    assert item_error.status == Status.REJECTED
+    html = b"<html>maintenance</html>"
+    assert all(o.outcome_unknown for o in p.read_batch_answer(200, html, "", [1, 2]))
+    assert all(not o.outcome_unknown and not o.permanent
+               for o in p.read_batch_answer(503, html, "", [1, 2]))
+
+
+def test_json_api_needs_the_api_key() -> None:
+    with pytest.raises(ConfigError, match="api_key"):
+        provider(api="json", api_key=None, login="me", password="secret")
+    with pytest.raises(ConfigError, match="api"):
+        provider(api="xml")

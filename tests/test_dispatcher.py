@@ -467,3 +467,31 @@ def test_every_worker_dispatches_and_a_standby_takes_the_lease_when_the_leader_s
               for m in re.finditer(r"sends recorded: skycore (\d+)", log)]
     assert len(counts) == 2 and sum(counts) == 60 and min(counts) > 0, counts
     assert Counter(r.fields["TEXT"] for r in sky.requests).most_common(1)[0][1] == 1
+
+
+# -- a provider's batch API ---------------------------------------------------------------------
+
+
+def test_due_messages_for_a_batch_api_go_together_with_per_message_outcomes(
+        database_url: str) -> None:
+    from standins.alphasms import AlphaSmsStandIn
+
+    with AlphaSmsStandIn(api_key="APIKEY") as alpha, running(make_config(database_url, providers={
+            "alphasms": {"api_key": "APIKEY", "sender": "ACME", "base_url": alpha.url,
+                         "callback_token": "al-token", "api": "json"}},
+            default_provider="alphasms")) as flask_app:
+        messages = [sending.enqueue(sending.NewMessage(
+            to=f"+38050123456{i}", text=f"batch #{i}", provider="alphasms",
+            sender="BADNAME" if i == 3 else None), source="test") for i in range(6)]
+        assert dispatch(flask_app) == 6
+        [request] = alpha.json_requests  # six messages, one request
+        items = request["body"]["data"]
+        assert [i["id"] for i in items] == [m.id for m in messages]
+        assert [i["sms_message"] for i in items] == [m.text for m in messages]
+        stored = [Message.get_by_id(m.id) for m in messages]
+        assert [m.status for m in stored] == ["accepted"] * 3 + ["rejected"] + ["accepted"] * 2
+        ids = [m.provider_message_id for m in stored]
+        assert ids[3] is None and len({i for i in ids if i}) == 5
+        assert all(alpha.messages[i].text == m.text for i, m in zip(ids, stored) if i)
+        assert stored[3].error_code and "Alpha-name" in stored[3].error_detail
+        assert kinds(messages[3].id) == ["created", "send_failed"]

@@ -351,6 +351,7 @@ def outbound_for(message: Message, provider: Provider) -> OutboundMessage:
         sender=message.sender, callback_url=provider.callback_url(message.reference),
         validity=dt.timedelta(minutes=provider.config["validity_minutes"]),
         send_at=message.send_at if provider.defers(message.send_at, utcnow()) else None,
+        message_id=message.id,
     )
 
 

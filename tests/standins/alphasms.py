@@ -40,6 +40,7 @@ import httpx
 from .base import StandIn, StandInHandler
 
 SEND_PATH = "/api/http.php"
+JSON_PATH = "/api/json.php"
 FIRST_ID = 84523377  # the seed's example id
 
 # http.php status codes and their texts (docs/api/http/status.md).
@@ -147,6 +148,9 @@ class _Handler(StandInHandler):
     def do_POST(self) -> None:
         body = self.read_body()
         content_type = self.headers.get("Content-Type", "")
+        if urlsplit(self.path).path == JSON_PATH:
+            self.server.stand_in._handle_json(self, body, content_type)
+            return
         # PHP reads both: URL parameters, then the form body over them.
         fields = {**_fields(urlsplit(self.path).query), **_fields(body.decode("utf-8"))}
         self.server.stand_in._handle(self, "form", fields, content_type)
@@ -177,6 +181,8 @@ class AlphaSmsStandIn(StandIn[ApiRequest]):
         self.messages: dict[str, StoredMessage] = {}
         self._script: deque[Reply] = deque()
         self._receive_script: deque[Reply] = deque()
+        self._json_script: deque[Reply] = deque()
+        self.json_requests: list[dict[str, Any]] = []  # json.php bodies as parsed, in order
         self._ids = itertools.count(FIRST_ID)
 
     # scripting and inspection
@@ -255,6 +261,58 @@ class AlphaSmsStandIn(StandIn[ApiRequest]):
                 fields.get("message", ""), fields.get("hook"))
         count = sms_count(fields.get("message", ""))
         return 200, f"id:{request.gateway_id}{separator}sms_count:{count}".encode()
+
+    def _handle_json(self, handler: _Handler, body: bytes, content_type: str) -> None:
+        """json.php (§4.3): `{"auth", "data": [items]}`; each "sms" item is answered on its own
+        (`msg_id`, or `success: false` with the error), the request as a whole only for a wrong
+        key or a body that is not JSON. A scripted reply (raw, HTTP error) answers the whole."""
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        items = data.get("data") if isinstance(data, dict) else None
+        items = [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+        with self._lock:
+            self.json_requests.append({"content_type": content_type, "body": data,
+                                       "received_at": time.monotonic()})
+            reply = self._json_script.popleft() if self._json_script else None
+        if reply is not None and reply.delay:
+            self._stopping.wait(reply.delay)
+        if reply is not None and reply.kind in ("http", "raw"):
+            handler.send_bytes(reply.http_status, reply.body, "application/json")
+            return
+        if "application/json" not in content_type or not isinstance(data, dict):
+            answer: dict[str, Any] = {"success": False, "error": "Invalid request"}
+        elif self.api_key is not None and data.get("auth") != self.api_key:
+            answer = {"success": False, "error": "Access denied"}
+        else:
+            answer = {"success": True, "data": [self._json_item(item) for item in items]}
+        handler.send_bytes(200, json.dumps(answer).encode(), "application/json")
+
+    def _json_item(self, item: dict[str, Any]) -> dict[str, Any]:
+        if item.get("type") != "sms" or not isinstance(item.get("phone"), int):
+            return {"success": False, "error": BAD_RECIPIENT, "data": {"id": item.get("id")}}
+        if not item.get("sms_signature") or item["sms_signature"] == "BADNAME":
+            return {"success": False, "error": BAD_SENDER, "data": {"id": item.get("id")}}
+        gateway_id = str(next(self._ids))
+        text = str(item.get("sms_message", ""))
+        with self._lock:
+            self.messages[gateway_id] = StoredMessage(gateway_id, str(item["phone"]),
+                                                      item["sms_signature"], text,
+                                                      item.get("hook"))
+        return {"success": True, "data": {"id": item.get("id"), "msg_id": int(gateway_id),
+                                          "data": 1, "parts": sms_count(text)}}
+
+    def script_json(self, *replies: Reply) -> None:
+        """Answer the next json.php requests with these (raw bodies, HTTP errors)."""
+        with self._lock:
+            self._json_script.extend(replies)
+
+    def json_items(self) -> list[dict[str, Any]]:
+        """Every sms item json.php received, in order."""
+        with self._lock:
+            return [item for r in self.json_requests if isinstance(r["body"], dict)
+                    for item in r["body"].get("data") or []]
 
     def _status_answer(self, gateway_id: str) -> bytes:
         with self._lock:

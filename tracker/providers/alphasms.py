@@ -48,6 +48,8 @@ from .base import (
 from .timestamps import parse_timestamp
 
 API_URL = "https://alphasms.ua/api/http.php"  # API_URL of the alphasms.ua build (§4.1)
+JSON_BATCH = 50  # messages per json.php request (the docs set no limit; a modest body)
+LIFETIME_MIN, LIFETIME_MAX = 3600, 259200  # sms_lifetime bounds, seconds (§4.3)
 
 try:  # AlphaSMS is Ukrainian; its times without an offset are taken as Kyiv time [INF]
     PROVIDER_TZ: dt.tzinfo = ZoneInfo("Europe/Kyiv")
@@ -225,6 +227,9 @@ class AlphaSmsProvider(Provider):
         "password": Setting(str, secret=True),  # sent as `pass`
         "sender": Setting(str, required=True),
         "callback_token": Setting(str, secret=True),  # unset = no hook, polling only
+        # "http": http.php, one message per request; "json": json.php, up to JSON_BATCH
+        # messages per request, with sms_lifetime (§4.3). json.php is found beside base_url.
+        "api": Setting(str, default="http"),
     }
     EXPLANATIONS = HTTP_CODE_TEXTS
     STATUS_MAP = STATUS_MAP
@@ -237,7 +242,23 @@ class AlphaSmsProvider(Provider):
         out = super().validate(config)
         if not out.get("api_key") and not (out.get("login") and out.get("password")):
             raise ConfigError(f"providers.{cls.slug}.api_key: required (or login and password)")
+        if out["api"] not in ("http", "json"):
+            raise ConfigError(f'providers.{cls.slug}.api: "http" or "json", got {out["api"]!r}')
+        if out["api"] == "json" and not out.get("api_key"):
+            raise ConfigError(f"providers.{cls.slug}.api_key: json.php authenticates with the "
+                              "API key only")
         return out
+
+    def __init__(self, config: dict[str, Any], public_base_url: str) -> None:
+        super().__init__(config, public_base_url)
+        # json.php takes several messages per request: the dispatcher sends them together.
+        self.SEND_BATCH = JSON_BATCH if self.config["api"] == "json" else 1
+
+    @property
+    def json_url(self) -> str:
+        """json.php beside the configured http.php (or base_url itself if it names json.php)."""
+        base = self.config["base_url"]
+        return base[: -len("http.php")] + "json.php" if base.endswith("http.php") else base
 
     def callback_url(self, reference: str | None = None) -> str | None:
         """The hook URL: the token in the path, our reference in `?ref=`."""
@@ -255,7 +276,12 @@ class AlphaSmsProvider(Provider):
     # -- sending -------------------------------------------------------------------------
 
     def send(self, message: OutboundMessage) -> SendResult:
-        """POST `command=send` and read `id:…` or `errors:…`."""
+        """POST `command=send` and read `id:…` or `errors:…` (json.php: a batch of one)."""
+        if self.config["api"] == "json":
+            [outcome] = self.send_batch([message])
+            if isinstance(outcome, SendError):
+                raise outcome
+            return outcome
         fields = {
             **self._auth(),
             "command": "send",
@@ -269,6 +295,85 @@ class AlphaSmsProvider(Provider):
         response = self.request("POST", self.config["base_url"], data=fields)
         return self.read_send_answer(response.status_code, response.text,
                                      response.headers.get("location"))
+
+    def send_batch(self, messages: list[OutboundMessage]) -> list[SendResult | SendError]:
+        """json.php (§4.3): `{"auth", "data": [one "sms" item per message]}`; the answer has a
+        request-level `success` and one item per message, each with its own `success`."""
+        if self.config["api"] != "json":
+            return super().send_batch(messages)
+        items = [self._json_item(m) for m in messages]
+        response = self.request("POST", self.json_url,
+                                json={"auth": self.config["api_key"], "data": items})
+        return self.read_batch_answer(response.status_code, response.content, response.text,
+                                      [item["id"] for item in items])
+
+    def _json_item(self, message: OutboundMessage) -> dict[str, Any]:
+        if message.message_id is None:
+            raise SendError("AlphaSMS json.php needs our numeric message id", permanent=True,
+                            provider_side=True, code="NO_ID")
+        lifetime = int(message.validity.total_seconds()) if message.validity else 172800
+        item: dict[str, Any] = {
+            "type": "sms",
+            "id": message.message_id,  # "unique message identifier in the client system"
+            "phone": int(wire_number(message.to, plus=False)),  # a number, as documented
+            "sms_signature": message.sender or self.config["sender"],
+            "sms_message": message.text,
+            "sms_lifetime": min(max(lifetime, LIFETIME_MIN), LIFETIME_MAX),
+        }
+        if message.callback_url:
+            item["hook"] = message.callback_url
+        return item
+
+    def read_batch_answer(self, http_status: int, content: bytes, raw: str,
+                          ids: list[int]) -> list[SendResult | SendError]:
+        """One outcome per id, in order: the item's `msg_id`, its own error, or unknown when
+        the answer says nothing of it (the request as a whole may still have been taken)."""
+        if not 200 <= http_status < 300:
+            return [self._http_failure(http_status, raw)] * len(ids)
+        try:
+            data = json.loads(content)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("success"), bool):
+            unknown = SendError(f"AlphaSMS json.php answer unreadable: {raw[:200]!r}",
+                                permanent=False, provider_side=True, outcome_unknown=True,
+                                code="UNREADABLE", raw=raw)
+            return [unknown] * len(ids)
+        if data["success"] is False:  # the whole request refused ("Access denied")
+            return [classify_error([str(data.get("error") or "")], raw)] * len(ids)
+        answers = [a for a in data.get("data") or [] if isinstance(a, dict)]
+        by_id = {str((a.get("data") or {}).get("id")): a for a in answers
+                 if isinstance(a.get("data"), dict) and "id" in a["data"]}
+        outcomes: list[SendResult | SendError] = []
+        for position, ident in enumerate(ids):
+            answer = by_id.get(str(ident))
+            if answer is None and not by_id and len(answers) == len(ids):
+                answer = answers[position]  # items without ids: in the order sent
+            outcomes.append(self._batch_item(answer, raw))
+        return outcomes
+
+    @staticmethod
+    def _batch_item(answer: dict[str, Any] | None, raw: str) -> SendResult | SendError:
+        if answer is None:
+            return SendError("AlphaSMS json.php answered without this message", permanent=False,
+                             provider_side=True, outcome_unknown=True, code="NO_ITEM", raw=raw)
+        text = json.dumps(answer, ensure_ascii=False)
+        inner = answer.get("data") if isinstance(answer.get("data"), dict) else {}
+        gateway_id = inner.get("msg_id")
+        if answer.get("success") is True and gateway_id not in (None, ""):
+            return SendResult(provider_message_id=str(gateway_id)[:128], raw=text)
+        if answer.get("success") is False:
+            return classify_error([str(answer.get("error") or "")], text)
+        return SendError("AlphaSMS json.php item without msg_id", permanent=False,
+                         provider_side=True, outcome_unknown=True, code="NO_MSG_ID", raw=text)
+
+    @staticmethod
+    def _http_failure(http_status: int, raw: str) -> SendError:
+        if http_status >= 500 or http_status == 429:
+            return SendError(f"AlphaSMS HTTP {http_status}", permanent=False, provider_side=True,
+                             code=f"HTTP_{http_status}", raw=raw)
+        return SendError(f"AlphaSMS HTTP {http_status}; check base_url", permanent=True,
+                         provider_side=True, code=f"HTTP_{http_status}", raw=raw)
 
     def read_send_answer(self, http_status: int, raw: str,
                          location: str | None = None) -> SendResult:

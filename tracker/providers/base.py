@@ -97,6 +97,7 @@ class OutboundMessage:
     callback_url: str | None = None  # this message's callback URL (Provider.callback_url)
     validity: timedelta | None = None  # how long the provider should keep trying
     send_at: datetime | None = None  # naive UTC: the provider holds it until then (DEFER_WINDOW)
+    message_id: int | None = None  # our message's numeric id (APIs that want a number of ours)
 
 
 # Poll answers are stored beside callbacks (so the timeline links every receipt to the raw text
