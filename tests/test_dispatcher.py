@@ -492,6 +492,6 @@ def test_due_messages_for_a_batch_api_go_together_with_per_message_outcomes(
         assert [m.status for m in stored] == ["accepted"] * 3 + ["rejected"] + ["accepted"] * 2
         ids = [m.provider_message_id for m in stored]
         assert ids[3] is None and len({i for i in ids if i}) == 5
-        assert all(alpha.messages[i].text == m.text for i, m in zip(ids, stored) if i)
+        assert all(alpha.messages[i].text == m.text for i, m in zip(ids, stored, strict=True) if i)
         assert stored[3].error_code and "Alpha-name" in stored[3].error_detail
         assert kinds(messages[3].id) == ["created", "send_failed"]
