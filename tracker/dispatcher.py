@@ -253,8 +253,14 @@ class Dispatcher:
         self._start_backlog()
 
     def _next_look(self) -> float:
-        if self._look or self._unrecorded:
-            return 0.05 if self._unrecorded else 0.0
+        """How long to sleep unless woken (a send coming back, a message queued)."""
+        if self._unrecorded:
+            return 0.05  # the database refused the last outcomes: try again soon
+        if self._look and any(self._room(slug) > len(self._backlog[slug])
+                              for slug in self.providers):
+            return 0.0
+        # Nothing to claim now, or no capacity to send it: sleep until woken (a send coming
+        # back sets the event), at most until the next periodic look.
         return max(0.0, self.interval - (time.monotonic() - self._last_look))
 
     def _pending(self) -> bool:
