@@ -218,7 +218,7 @@ def claim_due(owner: str, limits: dict[str, int], *, start: frozenset[str] = fro
             if limit <= 0:
                 continue
             if starts and lease is not None:
-                now_ok = "send_at IS NULL OR send_at <= ?"
+                now_ok = "(send_at IS NULL OR send_at <= ?)"
                 set_sql = (f"send_started_at = CASE WHEN {now_ok} THEN ? END,"
                            f" claimed_until = CASE WHEN {now_ok} THEN ? ELSE ? END,"
                            f" attempts = attempts + CASE WHEN {now_ok} THEN 1 ELSE 0 END")
