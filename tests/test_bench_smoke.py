@@ -255,9 +255,11 @@ def test_dispatch_smoke(tmp_path: Path) -> None:
 @pytest.mark.skipif(not PG_URL, reason="TRACKER_TEST_DATABASE_URL is not set: Postgres bench "
                                        "runs skipped")
 def test_dispatch_postgres(tmp_path: Path) -> None:
-    """Two workers on Postgres, briefly (the same checks as --smoke)."""
+    """Two workers on Postgres, briefly, messages queued in batches (the same checks as
+    --smoke)."""
     output = run_bench("dispatch.py", "--db", "postgres", "--workers", "2", "--messages", "60",
-                       "--lone", "3", "--ceiling-seconds", "0.5", "--stall-seconds", "30",
+                       "--batch", "20", "--lone", "3", "--ceiling-seconds", "0.5",
+                       "--stall-seconds", "30",
                        "--database-url", PG_URL, "--results", str(tmp_path / "d.jsonl"),
                        cwd=tmp_path)
     assert re.search(r"^postgres 2 workers @50 ms .* 0 +all$", output, re.MULTILINE), output

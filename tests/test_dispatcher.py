@@ -495,3 +495,31 @@ def test_due_messages_for_a_batch_api_go_together_with_per_message_outcomes(
         assert all(alpha.messages[i].text == m.text for i, m in zip(ids, stored, strict=True) if i)
         assert stored[3].error_code and "Alpha-name" in stored[3].error_detail
         assert kinds(messages[3].id) == ["created", "send_failed"]
+
+
+def test_one_outcome_that_cannot_be_recorded_never_loses_the_others(database_url: str) -> None:
+    from tracker.providers.base import Receipt, SendResult
+    from tracker.providers.fake import FakeProvider
+
+    class Buggy(FakeProvider):
+        """A provider module with a bug in one answer: a receipt whose status is no Status."""
+
+        def send(self, message):  # type: ignore[no-untyped-def]
+            result = super().send(message)
+            if message.text != "bug":
+                return result
+            return SendResult(result.provider_message_id, receipts=[
+                Receipt(provider="fake", status="not-a-status")])  # type: ignore[arg-type]
+
+    with running(make_config(database_url, providers={"fake": {}})) as flask_app:
+        flask_app.extensions["providers"]["fake"] = Buggy({}, "http://127.0.0.1:8000")
+        texts = ["one", "two", "bug", "four", "five"]
+        messages = [queue(text, provider="fake") for text in texts]
+        assert dispatch(flask_app) == 5
+        stored = {m.text: Message.get_by_id(m.id) for m in messages}
+        assert {t: m.status for t, m in stored.items() if t != "bug"} == dict.fromkeys(
+            ["one", "two", "four", "five"], "delivered")
+        # Its send went out but its outcome is not recorded: it stays started, never resent,
+        # and is declared lost (unknown) when its lease runs out.
+        assert stored["bug"].status == "queued" and stored["bug"].send_started_at is not None
+        assert dispatch(flask_app) == 0

@@ -241,14 +241,17 @@ class Dispatcher:
             # first, so it takes the writer lock only when there is something to send.
             look = bool(done) or sending.anything_due()
         if done or look:
+            more = False
             try:
                 with write_tx():
-                    self._record(done)
-                    if look and self._claim(free) == sum(free.values()):
-                        self._look = True  # likely more due: look again as capacity frees
+                    self._write_outcomes(done)
+                    more = look and self._claim(free) == sum(free.values())
             except BaseException:
                 self._started = []  # rolled back: not started, not ours to send
+                self._unrecorded = done  # and not recorded: try again
                 raise
+            self._recorded(done)
+            self._look = self._look or more  # likely more due: look again as capacity frees
             self._submit_started()
         self._start_backlog()
 
@@ -411,20 +414,47 @@ class Dispatcher:
             batch.append(request)
 
     def _record(self, batch: list[_Request]) -> None:
-        """Record the outcomes of these requests, in one transaction (the caller's, if any)."""
+        """Record the outcomes of these requests in one transaction of their own."""
         if not batch:
             return
         try:
             with write_tx():
-                for request in batch:
-                    for message, outcome in zip(request.messages, request.outcomes, strict=True):
-                        self._record_one(message, outcome)
+                self._write_outcomes(batch)
         except BaseException:
             self._unrecorded = batch  # nothing of it was committed: try again
             raise
+        self._recorded(batch)
+
+    def _write_outcomes(self, batch: list[_Request]) -> None:
+        """The statements that record the outcomes (inside the caller's transaction), under one
+        savepoint; if recording one of them fails (a bug, not the database), again one by one,
+        so that one message's failure never loses the others' outcomes."""
+        pairs = [(message, outcome) for request in batch
+                 for message, outcome in zip(request.messages, request.outcomes, strict=True)]
+        if not pairs:
+            return
+        try:
+            with write_tx():
+                for message, outcome in pairs:
+                    sending.record_outcome(message, outcome, self.providers,
+                                           max_attempts=self.max_attempts,
+                                           backoff_seconds=self.backoff_seconds)
+            return
+        except UNAVAILABLE_ERRORS:
+            raise
+        except Exception:
+            log.warning("recording %d outcomes together failed; recording them one by one",
+                        len(pairs), exc_info=True)
+        for message, outcome in pairs:
+            self._record_one(message, outcome)
+
+    def _recorded(self, batch: list[_Request]) -> None:
+        """After the commit: count them, and look again (capacity is free, and a retry or a
+        failover may be due now)."""
         for request in batch:
             self.sent[request.slug] += len(request.messages)
-        self._look = True  # a retry or failover may be due now, and capacity is free
+        if batch:
+            self._look = True
 
     def _record_one(self, message: Message, outcome: Outcome) -> None:
         try:

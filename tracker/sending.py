@@ -7,6 +7,7 @@ No transaction is held while a provider is called.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import correlation, phones, routing, wakeup
-from .db import execute, is_sqlite, write_tx
+from .db import db, execute, is_sqlite, write_tx
 from .models import Event, Message, utcnow
 from .providers.base import OutboundMessage, Provider, SendError, SendResult
 from .segments import segment
@@ -399,7 +400,7 @@ def record_accepted(message: Message, result: SendResult,
     starts = max(now, message.send_at) if message.send_at else now  # a provider may hold it
     # Hand-written statements: this runs for every message sent, in the dispatcher's one
     # thread, where peewee's query building would cost as much as the statements themselves.
-    with write_tx():
+    with _joined_tx():
         execute(_ACCEPTED, (result.provider_message_id, now, starts + _validity(provider),
                             _first_poll(provider, starts), now, message.id), prepare=True)
         applied = correlation.set_status(message.id, Status.ACCEPTED)
@@ -415,7 +416,7 @@ def record_failure(message: Message, error: SendError, *, max_attempts: int,
     """Retry later with backoff, or finalize as rejected/failed."""
     now = utcnow()
     final = error.permanent or message.attempts >= max_attempts
-    with write_tx():
+    with _joined_tx():
         if final:
             status = error.status if error.permanent else Status.FAILED
             _end_send(message, now, due_at=None)
@@ -442,7 +443,7 @@ def record_unknown(message: Message, error: SendError) -> None:
     `unknown` for a receipt (matched by our reference where the provider echoes it: Mobivate,
     AlphaSMS) or, failing that, expiry. Polls ask by provider id, which we never got."""
     now = utcnow()
-    with write_tx():
+    with _joined_tx():
         _end_send(message, now, due_at=None)
         applied = correlation.set_status(message.id, Status.UNKNOWN, error_code=error.code,
                                          detail=error.detail)
@@ -458,7 +459,7 @@ def fail_over(message: Message, error: SendError, providers: dict[str, Provider]
     remaining = (message.route or "").split(",")
     nxt, rest = remaining[0], ",".join(remaining[1:]) or None
     provider = providers.get(nxt)
-    with write_tx():
+    with _joined_tx():
         moved = _end_send(
             message, now, pending_only=True, provider=nxt, route=rest, due_at=now, attempts=0,
             error_code=error.code, error_detail=error.detail,
@@ -521,6 +522,13 @@ def resend(old: Message, new: NewMessage, *, source: str) -> Message:
         Event.create(message=message.id, kind="resend_of", source=source, received_at=now,
                      detail=f"resend of message #{old.id} ({old.reference}, {old.status})")
     return message
+
+
+def _joined_tx() -> contextlib.AbstractContextManager[None]:
+    """A write transaction of its own, or none inside the caller's: the dispatcher records
+    many outcomes in one transaction under one savepoint, and a savepoint per message (two
+    more round trips each on Postgres) would cost as much as the statements themselves."""
+    return contextlib.nullcontext() if db.obj.in_transaction() else write_tx()
 
 
 # A refusal that came back after the send had been declared lost (`unknown`): it stays so.
