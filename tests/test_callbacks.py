@@ -159,6 +159,33 @@ def test_database_down_answers_503(tmp_path) -> None:
     assert api.status_code == 503 and api.json["error"]["code"] == "unavailable"
 
 
+def test_database_down_every_page_answers_503_then_works_again(tmp_path) -> None:
+    from conftest import build_app, make_config
+
+    from tracker import accounts
+
+    ok_url = f"sqlite:///{tmp_path / 'ok.sqlite3'}"
+    app = build_app(make_config(ok_url))
+    app.config["WTF_CSRF_ENABLED"] = False
+    with app.app_context(), dbmod.db.connection_context():
+        accounts.create_user("ana", "correct horse battery", "admin")
+    client = app.test_client()
+    assert client.post("/auth/login", data={"username": "ana",
+                                            "password": "correct horse battery"}).status_code == 302
+    pages = ["/messages", "/messages/1", "/overview", "/callback-log", "/reports",
+             "/messages/export?format=csv"]
+    dbmod.db.initialize(dbmod.connect_database("postgresql://postgres@127.0.0.1:9/none"))
+    try:
+        down = {page: client.get(page) for page in pages}
+    finally:
+        dbmod.db.initialize(dbmod.connect_database(ok_url))
+    for page, response in down.items():
+        assert response.status_code == 503, (page, response.status_code)
+        assert response.headers["Retry-After"] == "30"
+        assert "Temporarily unavailable" in response.get_data(as_text=True)
+    assert client.get("/messages").status_code == 200  # the same process, no restart
+
+
 def test_fake_provider_json_callbacks(client) -> None:
     message = sending.enqueue(sending.NewMessage(to="+15551234888", text="hi", provider="fake"),
                               source="test")

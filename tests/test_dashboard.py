@@ -281,3 +281,23 @@ def test_messages_page_filters_counts_and_pages(client, staff) -> None:
     assert 'value="2026-03-10"' in failed and 'value="E1"' in failed
     none = client.get("/messages", query_string={"provider": "mobizon"}).get_data(as_text=True)
     assert "0 messages match" in none and "No messages match." in none
+
+
+@pytest.mark.parametrize("path", [
+    "/messages?before=%C2%B2", "/messages?after=%C2%B2", "/messages?before=" + "9" * 23,
+    "/messages?created_to=9999-12-31", "/messages?created_from=9999-12-31",
+    "/callback-log?until=9999-12-31", "/callback-log?before=%C2%B2",
+    "/messages/" + "9" * 23, "/messages/%C2%B2", "/messages/0",
+    "/messages/export?format=csv&created_to=9999-12-31&before=%C2%B2",
+])
+def test_odd_ids_and_dates_are_never_a_server_error(client, staff, path) -> None:
+    login(client, staff)
+    response = client.get(path)
+    assert response.status_code < 500, (path, response.status_code)
+
+
+def test_odd_ids_in_the_api_are_404(client, api_key) -> None:
+    auth = {"Authorization": f"Bearer {api_key}"}
+    for ident in ("9" * 25, "²", "0"):
+        response = client.get(f"/api/v1/messages/{ident}", headers=auth)
+        assert (response.status_code, response.json["error"]["code"]) == (404, "not_found")

@@ -71,3 +71,24 @@ def test_cli(app, monkeypatch) -> None:
     real = runner.invoke(cli.main, ["callbacks", "replay", "--id", str(callback.id)])
     assert real.exit_code == 0 and Callback.get_by_id(callback.id).verdict == "orphan"
     assert runner.invoke(cli.main, ["callbacks", "replay"]).exit_code == 2  # says which
+
+
+def test_replay_reports_a_row_that_fails_again_and_goes_on(app) -> None:
+    """A callback stored with the verdict `error` (here: JSON nested past Python's recursion
+    limit, which the fake provider's parser does not survive) fails again on replay: it is
+    reported and left as it was, and the rows after it are still replayed."""
+    message = sending.enqueue(sending.NewMessage(to="+15551234888", text="hi",
+                                                 provider="skycore"), source="test")
+    sending.record_accepted(message, SendResult("R1"))
+    with write_tx():
+        bad = Callback.create(provider="fake", method="POST", path="/callbacks/fake/***",
+                              headers='[["Content-Type", "application/json"]]',
+                              body=b"[" * 100_000, verdict="error", detail="processing failed")
+    good = stored_as_invalid(BODY)
+    results = [replay.replay(c, app.extensions["providers"], dry_run=False)
+               for c in replay.select_callbacks()]
+    assert [(r.callback_id, r.new_verdict) for r in results] == [
+        (bad.id, "error"), (good.id, "applied")]
+    assert "failed again" in results[0].line()
+    assert Callback.get_by_id(bad.id).verdict == "error"
+    assert Message.get_by_id(message.id).status == "delivered"

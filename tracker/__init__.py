@@ -19,6 +19,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         callback_log,
         callbacks,
         dashboard,
+        errors,
         exports,
         overview,
         reports,
@@ -40,6 +41,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     app.extensions["providers"] = providers.load(cfg)
     db.init_app(app)
+    errors.init_app(app)  # before the blueprints: their rules use its `id` converter
     security.init_app(app)
     auth.init_app(app)
     callbacks.init_app(app)

@@ -14,7 +14,7 @@ from typing import Any
 import click
 from flask import Flask
 
-from . import ROOT, create_app
+from . import ROOT, create_app, logmask
 from .settings import DEFAULTS, ConfigError
 
 
@@ -41,6 +41,9 @@ def _setup_logging(app: Flask) -> None:
     # httpx logs every request with its whole URL at INFO: a line per message sent, and
     # provider credentials in query strings (Mobizon's apiKey) would reach the log.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # peewee logs every statement with its parameters at DEBUG: phone numbers, message texts.
+    logging.getLogger("peewee").setLevel(logging.INFO)
+    logmask.install()  # and whatever else logs a URL: callback tokens, keys masked
 
 
 @click.group()

@@ -20,3 +20,5 @@ limit_request_fields = 100
 # gunicorn 24+ opens a control socket at one fixed path per user; several instances on one
 # machine (tests, benchmarks, two services) would fight over it, and we do not use it.
 control_socket_disable = True
+# Secrets masked in gunicorn's own log lines ("Error handling request POST /callbacks/…/<token>").
+logger_class = "tracker.logmask.Logger"

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 from . import correlation
 from .correlation import Verdict
-from .db import execute, write_tx
+from .db import UNAVAILABLE_ERRORS, execute, write_tx
 from .models import Callback, Message
 from .providers.base import POLL_METHOD, CallbackRequest, Provider
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,6 +90,19 @@ def replay(callback: Callback, providers: dict[str, Provider], *, dry_run: bool)
                 execute("UPDATE callback SET verdict = ?, detail = ? WHERE id = ?",
                         (Verdict.UNAUTHORIZED.value, problem, callback.id))
         return result
+    try:
+        return _replay_parsed(callback, provider, request, result, dry_run=dry_run)
+    except UNAVAILABLE_ERRORS:
+        raise  # the database, not this row: the caller stops and says so
+    except Exception as exc:  # this row only: report it, leave it as it was, go on
+        log.warning("replay of callback #%s failed again", callback.id, exc_info=True)
+        result.new_verdict = callback.verdict
+        result.note = f"failed again, left as it was: {type(exc).__name__}: {str(exc)[:200]}"
+        return result
+
+
+def _replay_parsed(callback: Callback, provider: Provider, request: CallbackRequest,
+                   result: Replayed, *, dry_run: bool) -> Replayed:
     parsed = provider.parse_callback(request)
     try:
         with write_tx():

@@ -26,10 +26,26 @@ def iso(value: dt.datetime | None) -> str | None:
     return value.isoformat(timespec="milliseconds") + "Z" if value else None
 
 
+MAX_ID = 2**63 - 1  # the largest id either database stores (SQLite INTEGER, Postgres BIGINT)
+
+
+def as_id(value: str | None) -> int | None:
+    """A row id from text, or None: ASCII digits only ("²".isdigit() is true, but int() refuses
+    it) and no more than a 64-bit integer holds (a bigger one would not even bind)."""
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+        return None
+    number = int(text)
+    return number if 0 < number <= MAX_ID else None
+
+
 def resolve_message_id(ident: str) -> int | None:
     """A message id from its numeric id or its reference."""
-    if ident.isdigit():
-        found = Message.select(Message.id).where(Message.id == int(ident)).first()
+    if ident.isascii() and ident.isdigit():
+        number = as_id(ident)
+        if number is None:
+            return None
+        found = Message.select(Message.id).where(Message.id == number).first()
     else:
         found = Message.select(Message.id).where(Message.reference == ident).first()
     return found.id if found else None
@@ -121,19 +137,15 @@ class MessageFilter:
     @classmethod
     def from_args(cls, args: Mapping[str, str]) -> MessageFilter:
         """From query-string style arguments; anything malformed is ignored, never an error."""
-        def number(name: str) -> int | None:
-            value = (args.get(name) or "").strip()
-            return int(value) if value.isdigit() else None
-
         return cls(
             status=(args.get("status") or "").strip(),
             provider=(args.get("provider") or "").strip(),
             q=(args.get("q") or "").strip(),
             error_code=(args.get("error_code") or "").strip(),
-            created_from=_day(args.get("created_from")),
-            created_to=_day(args.get("created_to")),
-            before=number("before"),
-            after=number("after"),
+            created_from=day(args.get("created_from")),
+            created_to=day(args.get("created_to")),
+            before=as_id(args.get("before")),
+            after=as_id(args.get("after")),
         )
 
     def without_page(self) -> MessageFilter:
@@ -146,11 +158,17 @@ class MessageFilter:
         return self.without_page() != MessageFilter()
 
 
-def _day(value: str | None) -> dt.date | None:
+def day(value: str | None) -> dt.date | None:
+    """A UTC day, or None; the last day of the calendar counts as the one before it, so that
+    "up to the end of the day" (day + 1) stays a date."""
     try:
-        return dt.date.fromisoformat((value or "").strip())
+        day = dt.date.fromisoformat((value or "").strip())
     except ValueError:
         return None
+    return min(day, LAST_DAY)
+
+
+LAST_DAY = dt.date.max - dt.timedelta(days=1)
 
 
 @dataclass(frozen=True)

@@ -342,7 +342,7 @@ def _at(where: str, value: Any) -> dt.time:
 
 
 def _keep(where: str, value: Any) -> int:
-    if isinstance(value, str) and value.isdigit():  # from the environment
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # from the env
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{where}.keep: expected a whole number of files, at least 1, "

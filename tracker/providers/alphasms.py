@@ -191,7 +191,7 @@ def classify_error(errors: list[str], raw: str) -> SendError:
 def map_status(value: str, *, xml: bool = False) -> Status | None:
     """A status word or number from any AlphaSMS vocabulary, or None when not known."""
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not "²": int() refuses what isdigit() takes
         return (XML_CODES if xml else CODES).get(str(int(value)))
     return STATUS_MAP.get(" ".join(value.upper().replace("_", " ").replace("-", " ").split()))
 
@@ -520,8 +520,8 @@ def _status_of(fields: dict[str, str]) -> tuple[Status, str | None, str]:
     if not present:
         return Status.UNKNOWN, None, ""
     raw = " ".join(dict.fromkeys(value for _, value in present))
-    words = [(f, v) for f, v in present if not v.isdigit()]
-    numbers = [(f, v) for f, v in present if v.isdigit()]
+    words = [(f, v) for f, v in present if not (v.isascii() and v.isdigit())]
+    numbers = [(f, v) for f, v in present if v.isascii() and v.isdigit()]
     for name, value in words + numbers:
         status = map_status(value, xml=name == "xml_code")
         if status is not None:
@@ -597,7 +597,7 @@ def _xml_reports(root: Element) -> list[dict[str, str]]:
             if len(child) == 0 and (child.text or "").strip():
                 fields.setdefault(name(child), (child.text or "").strip())
         own = (el.text or "").strip()
-        if own.isdigit() and len(el) == 0:
+        if own.isascii() and own.isdigit() and len(el) == 0:
             fields["xml_code"] = own
         reports.append(fields)
     return reports

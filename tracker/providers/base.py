@@ -234,7 +234,8 @@ class Provider:
             if value is None or value == "":
                 if spec.required:
                     raise ConfigError(f"providers.{cls.slug}.{key}: required but not set")
-            elif spec.kind is int and isinstance(value, str) and value.isdigit():
+            elif (spec.kind is int and isinstance(value, str) and value.isascii()
+                  and value.isdigit()):
                 value = int(value)
             elif spec.kind is float and type(value) in (int, str):
                 try:

@@ -55,7 +55,7 @@ class SessionUser(UserMixin):
 @login_manager.user_loader
 def _load(user_id: str) -> SessionUser | None:
     ident, _, version = user_id.partition(":")
-    if not ident.isdigit() or not version.isdigit():
+    if not (ident + version).isascii() or not ident.isdigit() or not version.isdigit():
         return None
     # Every dashboard request runs this: hand-written SQL, as peewee's query building costs
     # about as much as the round trip (0.3 ms of a 5 ms list request on Postgres).

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, abort, current_app, render_template, request
 from flask_login import login_required
 
-from .. import replay
+from .. import replay, reporting
 from ..correlation import Verdict
 from ..models import Callback, Event
 from .auth import admin_required
@@ -36,8 +36,8 @@ def index() -> Any:
         query = query.where(Callback.received_at >= since)
     if until:
         query = query.where(Callback.received_at < until + dt.timedelta(days=1))
-    if before.isdigit():
-        query = query.where(Callback.id < int(before))
+    if reporting.as_id(before):
+        query = query.where(Callback.id < reporting.as_id(before))
     rows = list(query.order_by(Callback.id.desc()).limit(PAGE_SIZE))
     messages = _messages_of([r.id for r in rows])
     return render_template(
@@ -54,7 +54,7 @@ def index() -> Any:
 @admin_required
 def replay_selected() -> Any:
     """Dry run first (nothing written); the same form then applies it for real."""
-    ids = [int(i) for i in request.form.getlist("id") if i.isdigit()][:MAX_REPLAY]
+    ids = [n for n in map(reporting.as_id, request.form.getlist("id")) if n][:MAX_REPLAY]
     if not ids:
         abort(400, "select at least one callback")
     apply = request.form.get("action") == "apply"
@@ -79,7 +79,5 @@ def _messages_of(callback_ids: list[int]) -> dict[int, list[int]]:
 
 
 def _day(value: str | None) -> dt.datetime | None:
-    try:
-        return dt.datetime.strptime(value or "", "%Y-%m-%d")
-    except ValueError:
-        return None
+    day = reporting.day(value)  # the last day of the calendar counts as the one before
+    return dt.datetime.combine(day, dt.time()) if day else None

@@ -63,6 +63,14 @@ class CallbackEndpoint:
         body = _read_body(request, self.limit)
         if body is None:
             return _plain("request body too large", 413)
+        if len(body) < (request.content_length or 0) or (
+                not body and request.content_length is None
+                and "chunked" in request.headers.get("Transfer-Encoding", "").lower()):
+            # The connection ended before the body did: what came may look complete (a
+            # whole XML postback inside a longer declared body) but is not what was sent.
+            log.warning("callback from %s cut off after %d bytes (Content-Length %s); not stored",
+                        handler.slug, len(body), request.content_length)
+            return _plain("request body shorter than its Content-Length", 400)
         raw = CallbackRequest(method=request.method, content_type=request.content_type or "",
                               query=request.args.to_dict(flat=False), body=body,
                               headers={k.lower(): v for k, v in request.headers.items()})
@@ -119,6 +127,8 @@ def _read_body(request: Request, limit: int) -> bytes | None:
         body = request.get_data(cache=True)
     except RequestEntityTooLarge:
         return None
+    except Exception:  # the connection broke mid-body (gunicorn's NoMoreData, a reset, …)
+        return b""  # shorter than its Content-Length, or than any body: refused, never stored
     return None if len(body) > limit else body
 
 

@@ -96,7 +96,7 @@ def _filter_args(flt: reporting.MessageFilter) -> dict[str, str]:
     return {name: value for name, value in args.items() if value}
 
 
-@bp.get("/messages/<int:message_id>")
+@bp.get("/messages/<id:message_id>")
 @login_required
 def message(message_id: int) -> Any:
     """One message: its fields, and every event with the raw callback behind it."""
@@ -114,7 +114,7 @@ def message(message_id: int) -> Any:
                            can_resend=Status(found.status) in sending.RESENDABLE)
 
 
-@bp.post("/messages/<int:message_id>/cancel")
+@bp.post("/messages/<id:message_id>/cancel")
 @admin_required
 def cancel(message_id: int) -> Any:
     """Admin: cancel a queued or scheduled message before it is submitted."""
@@ -126,7 +126,7 @@ def cancel(message_id: int) -> Any:
     return redirect(url_for("dashboard.message", message_id=message_id))
 
 
-@bp.post("/messages/<int:message_id>/resend")
+@bp.post("/messages/<id:message_id>/resend")
 @admin_required
 def resend(message_id: int) -> Any:
     """Admin: send a failed message again, as a new message linked to this one."""
