@@ -141,3 +141,13 @@ def test_a_batch_over_the_limit_is_refused_whole(client, api_key) -> None:
     assert (response.status_code, response.json["error"]["code"]) == (400, "too_many_messages")
     assert client.post("/api/v1/messages/batch", json={"messages": items[:2]}).status_code == 401
     assert Message.select().count() == 0
+
+
+@pytest.mark.parametrize("path", ["/api/v1/messages", "/api/v1/messages/batch"])
+@pytest.mark.parametrize("body", [b"[" * 60_000, b'{"to": ' * 5_000, b"\xff\xfe{",
+                                  b'{"to": 1e999, "text": 12}'])
+def test_hostile_json_is_a_400_not_a_500(client, api_key, path, body) -> None:
+    response = client.post(path, data=body, content_type="application/json",
+                           headers=auth(api_key))
+    assert response.status_code == 400, response.status_code
+    assert response.json["error"]["code"].startswith("invalid_")

@@ -538,7 +538,10 @@ def _body_reports(request: CallbackRequest) -> list[dict[str, str]]:
         return []
     content_type = request.content_type.lower()
     if body[:1] in (b"{", b"[") or "json" in content_type:
-        data = json.loads(body.decode("utf-8"))  # ValueError (and UnicodeDecodeError) on junk
+        try:  # ValueError (and UnicodeDecodeError) on junk
+            data = json.loads(body.decode("utf-8"))
+        except RecursionError:  # hostile nesting, [[[[…
+            raise ValueError("JSON nested too deeply") from None
         reports = _json_reports(data)
         if not reports:
             raise ValueError(f"JSON without an object: {body[:80]!r}")

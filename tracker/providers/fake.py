@@ -46,7 +46,7 @@ class FakeProvider(Provider):
         parsed = ParsedCallback()
         try:
             data = json.loads(request.body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: hostile nesting [[[[…
             parsed.errors.append(f"not JSON: {exc}")
             return parsed
         for item in data if isinstance(data, list) else [data]:

@@ -11,8 +11,8 @@ def parse_timestamp(text: str | None, assume_tz: dt.tzinfo = dt.UTC) -> dt.datet
         return None
     try:
         value = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=assume_tz)
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError):  # OverflowError: 9999-12-31T23:59-05:00 and the like
         return None  # a provider's clock is informative; a bad one must not drop the receipt
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=assume_tz)
-    return value.astimezone(dt.UTC).replace(tzinfo=None)

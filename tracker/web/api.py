@@ -21,6 +21,15 @@ def error(http_status: int, code: str, message: str, **extra: Any) -> tuple[Resp
     return jsonify({"error": {"code": code, "message": message, **extra}}), http_status
 
 
+def _json_body() -> Any:
+    """The request's JSON, or None when it is not JSON: malformed, invalid UTF-8, or nested
+    past Python's recursion limit (`silent=True` catches only the first two)."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        return None
+
+
 def require_key(view):  # type: ignore[no-untyped-def]
     """Reject requests without a valid `Authorization: Bearer <key>`."""
     @wraps(view)
@@ -38,7 +47,7 @@ def require_key(view):  # type: ignore[no-untyped-def]
 @require_key
 def create_message() -> Any:
     """Queue one SMS; 202 with the stored message."""
-    data = request.get_json(silent=True)
+    data = _json_body()
     if not isinstance(data, dict):
         return error(400, "invalid_json", "send a JSON object with Content-Type: application/json")
     cfg = current_app.config["TRACKER"]
@@ -64,7 +73,7 @@ BATCH_MAX = 1000  # messages per batch request (and the body at most 1 MiB)
 def create_messages() -> Any:
     """Queue up to BATCH_MAX messages in one request, all or none: 202 with every message
     (without events), in the order given; 400 listing each invalid one, none queued."""
-    data = request.get_json(silent=True)
+    data = _json_body()
     items = data.get("messages") if isinstance(data, dict) else None
     if not isinstance(items, list) or not items:
         return error(400, "invalid_json", 'send {"messages": [ … ]} with Content-Type: '
