@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tracker.models import Message
 
@@ -151,3 +153,25 @@ def test_hostile_json_is_a_400_not_a_500(client, api_key, path, body) -> None:
                            headers=auth(api_key))
     assert response.status_code == 400, response.status_code
     assert response.json["error"]["code"].startswith("invalid_")
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=3),
+    max_leaves=10)
+_messages = st.fixed_dictionaries({}, optional={
+    "to": _values | st.sampled_from(["+15551234888", "87015550119", "+7 701 555 01 19"]),
+    "text": _values, "from": _values, "provider": _values | st.sampled_from(["fake", "skycore"]),
+    "client_ref": _values, "send_at": _values | st.sampled_from(
+        ["2030-01-01T00:00:00Z", "9999-12-31T23:59:59-12:00", "2030-02-30T00:00:00Z"])})
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(message=_messages, batch=st.lists(_messages | _values, max_size=3))
+def test_generated_json_is_never_a_server_error(client, api_key, message, batch) -> None:
+    one = client.post("/api/v1/messages", json=message, headers=auth(api_key))
+    many = client.post("/api/v1/messages/batch", json={"messages": batch}, headers=auth(api_key))
+    assert one.status_code in (202, 400), (message, one.json)
+    assert many.status_code in (202, 400), (batch, many.json)

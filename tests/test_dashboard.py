@@ -8,6 +8,8 @@ import re
 import urllib.parse
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tracker import accounts, reporting, sending
 from tracker.models import Callback, Message
@@ -301,3 +303,18 @@ def test_odd_ids_in_the_api_are_404(client, api_key) -> None:
     for ident in ("9" * 25, "²", "0"):
         response = client.get(f"/api/v1/messages/{ident}", headers=auth)
         assert (response.status_code, response.json["error"]["code"]) == (404, "not_found")
+
+
+_PAGES = ["/messages", "/overview", "/callback-log", "/reports", "/messages/export"]
+_PARAMS = ["status", "provider", "q", "error_code", "created_from", "created_to", "before",
+           "after", "format", "window", "verdict", "since", "until", "refresh"]
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(page=st.sampled_from(_PAGES),
+       params=st.dictionaries(st.sampled_from(_PARAMS), st.text(max_size=25), max_size=5))
+def test_generated_query_strings_are_never_a_server_error(client, staff, page, params) -> None:
+    login(client, staff)
+    response = client.get(page, query_string=params)
+    assert response.status_code < 500, (page, params, response.status_code)

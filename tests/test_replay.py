@@ -74,16 +74,16 @@ def test_cli(app, monkeypatch) -> None:
 
 
 def test_replay_reports_a_row_that_fails_again_and_goes_on(app) -> None:
-    """A callback stored with the verdict `error` (here: JSON nested past Python's recursion
-    limit, which the fake provider's parser does not survive) fails again on replay: it is
-    reported and left as it was, and the rows after it are still replayed."""
+    """A row whose replay fails again (here: its stored headers are not the JSON list they
+    should be, as after a bad manual edit) is reported and left as it was, and the rows after
+    it are still replayed."""
     message = sending.enqueue(sending.NewMessage(to="+15551234888", text="hi",
                                                  provider="skycore"), source="test")
     sending.record_accepted(message, SendResult("R1"))
     with write_tx():
         bad = Callback.create(provider="fake", method="POST", path="/callbacks/fake/***",
-                              headers='[["Content-Type", "application/json"]]',
-                              body=b"[" * 100_000, verdict="error", detail="processing failed")
+                              headers='[["Content-Type", "application/json"]',
+                              body=b'{"id": "x"}', verdict="error", detail="processing failed")
     good = stored_as_invalid(BODY)
     results = [replay.replay(c, app.extensions["providers"], dry_run=False)
                for c in replay.select_callbacks()]

@@ -18,7 +18,14 @@ from . import correlation, ingest
 from .correlation import Verdict
 from .db import write_tx
 from .models import Message, utcnow
-from .providers.base import POLL_METHOD, PollAnswer, PollError, PollTarget, Provider
+from .providers.base import (
+    POLL_METHOD,
+    PollAnswer,
+    PollError,
+    PollTarget,
+    Provider,
+    without_nul,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +73,7 @@ def store(provider: str, batch: list[PollTarget], answer: PollAnswer) -> int:
     asked = ",".join(t.provider_message_id or t.reference for t in batch)
     row = (provider, POLL_METHOD, f"poll:{provider}", f"ids={asked}"[:4000],
            json.dumps([]), answer.raw.encode("utf-8"), None, now)
-    detail = "; ".join(answer.errors) or None
+    detail = without_nul("; ".join(answer.errors)) or None
     with write_tx():
         callback_id = ingest.insert_callback(row, Verdict.PENDING, detail)
         outcomes = [correlation.apply_receipt(r, source="poll", callback_id=callback_id,

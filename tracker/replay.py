@@ -17,7 +17,7 @@ from . import correlation
 from .correlation import Verdict
 from .db import UNAVAILABLE_ERRORS, execute, write_tx
 from .models import Callback, Message
-from .providers.base import POLL_METHOD, CallbackRequest, Provider
+from .providers.base import POLL_METHOD, CallbackRequest, Provider, without_nul
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,19 @@ def replay(callback: Callback, providers: dict[str, Provider], *, dry_run: bool)
     if callback.method == POLL_METHOD:
         result.note = "a poll answer: the poll job asks again instead"
         return result
+    try:
+        return _replay_one(callback, provider, result, dry_run=dry_run)
+    except UNAVAILABLE_ERRORS:
+        raise  # the database, not this row: the caller stops and says so
+    except Exception as exc:  # this row only: report it, leave it as it was, go on
+        log.warning("replay of callback #%s failed again", callback.id, exc_info=True)
+        result.new_verdict = callback.verdict
+        result.note = f"failed again, left as it was: {type(exc).__name__}: {str(exc)[:200]}"
+        return result
+
+
+def _replay_one(callback: Callback, provider: Provider, result: Replayed, *,
+                dry_run: bool) -> Replayed:
     request = _as_request(callback)
     problem = provider.verify(request)
     if problem:  # still failing its signature (with the secret configured now)
@@ -90,19 +103,6 @@ def replay(callback: Callback, providers: dict[str, Provider], *, dry_run: bool)
                 execute("UPDATE callback SET verdict = ?, detail = ? WHERE id = ?",
                         (Verdict.UNAUTHORIZED.value, problem, callback.id))
         return result
-    try:
-        return _replay_parsed(callback, provider, request, result, dry_run=dry_run)
-    except UNAVAILABLE_ERRORS:
-        raise  # the database, not this row: the caller stops and says so
-    except Exception as exc:  # this row only: report it, leave it as it was, go on
-        log.warning("replay of callback #%s failed again", callback.id, exc_info=True)
-        result.new_verdict = callback.verdict
-        result.note = f"failed again, left as it was: {type(exc).__name__}: {str(exc)[:200]}"
-        return result
-
-
-def _replay_parsed(callback: Callback, provider: Provider, request: CallbackRequest,
-                   result: Replayed, *, dry_run: bool) -> Replayed:
     parsed = provider.parse_callback(request)
     try:
         with write_tx():
@@ -111,7 +111,7 @@ def _replay_parsed(callback: Callback, provider: Provider, request: CallbackRequ
                         for r in parsed.receipts]
             new = _new_verdict(callback.verdict, parsed.errors, outcomes)
             result.new_verdict = new
-            detail = "; ".join(parsed.errors + parsed.notes) or None
+            detail = without_nul("; ".join(parsed.errors + parsed.notes)) or None
             execute("UPDATE callback SET verdict = ?, detail = ? WHERE id = ?",
                     (new, detail, callback.id))
             after = _statuses(parsed.receipts)

@@ -45,6 +45,11 @@ class Setting:
     secret: bool = False
 
 
+def without_nul(text: str) -> str:
+    """`text` with NUL characters replaced by U+FFFD (Postgres text holds no NUL)."""
+    return text.replace("\x00", "\ufffd")
+
+
 @dataclass(frozen=True)
 class Receipt:
     """One normalized status report for one message, from a callback or a poll."""
@@ -58,6 +63,13 @@ class Receipt:
     detail: str | None = None
     occurred_at: datetime | None = None  # provider's clock, naive UTC
     dedupe_key: str | None = None  # provider-unique key of this report; None = never deduped
+
+    def __post_init__(self) -> None:
+        # A NUL cannot be stored in a Postgres text column (psycopg2 refuses the parameter);
+        # senders can put one anywhere, so it is replaced, here, for every provider at once.
+        for name, value in vars(self).items():
+            if isinstance(value, str) and "\x00" in value:
+                object.__setattr__(self, name, without_nul(value))
 
 
 @dataclass

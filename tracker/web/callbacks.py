@@ -24,7 +24,7 @@ from werkzeug.wrappers import Request, Response
 from .. import correlation, ingest
 from ..db import UNAVAILABLE_ERRORS, db, is_sqlite, write_tx
 from ..models import utcnow
-from ..providers.base import CallbackRequest, ParsedCallback, Provider
+from ..providers.base import CallbackRequest, ParsedCallback, Provider, without_nul
 
 PREFIX = "/callbacks/"
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def _store_and_apply(provider: str, request: Request, raw: CallbackRequest,
     """Store the raw callback with its receipts' events and status changes, atomically."""
     received_at = utcnow()
     row = _callback_row(provider, request, raw, received_at)  # built before the lock is taken
-    detail = "; ".join(parsed.errors + parsed.notes) or None
+    detail = without_nul("; ".join(parsed.errors + parsed.notes)) or None
     receipts = parsed.receipts
     if len(receipts) == 1:  # the usual case: matched outside the write transaction
         found = correlation.match(receipts[0])
