@@ -15,7 +15,8 @@ import click
 from flask import Flask
 
 from . import ROOT, create_app, logmask
-from .settings import DEFAULTS, ConfigError
+from .errors import ConfigError
+from .settings import DEFAULTS
 
 
 def _app() -> Flask:

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from . import exports, reporting
+from .errors import ConfigError
 from .phones import mask_phone
-from .settings import ConfigError
 
 log = logging.getLogger(__name__)
 

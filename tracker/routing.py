@@ -15,7 +15,7 @@ from typing import Any
 
 import phonenumbers
 
-from .settings import ConfigError
+from .errors import ConfigError
 
 EXPLICIT = "provider named in the request"
 _PREFIX = re.compile(r"^\+\d{1,14}$")

@@ -13,11 +13,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
+__all__ = ["DEFAULTS", "ConfigError", "load"]
+
 ENV_PREFIX = "TRACKER_"
-
-
-class ConfigError(Exception):
-    """A setting is missing or malformed; the message names the key."""
 
 
 # Top-level keys, their type and default. `None` defaults are derived at load time.
@@ -181,7 +181,7 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"default_provider: {name!r} has no [providers.{name}] table")
     if cfg["rollup_interval_seconds"] <= 0:
         raise ConfigError("rollup_interval_seconds: must be more than 0")
-    from . import reports, routing  # they import ConfigError from here
+    from . import reports, routing  # they validate their own tables
 
     cfg["routes"] = routing.validate(cfg["routes"], cfg["providers"])
     cfg["reports"] = reports.validate(cfg["reports"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..settings import ConfigError
+from ..errors import ConfigError
 from .alphasms import AlphaSmsProvider
 from .base import Provider
 from .fake import FakeProvider

@@ -29,7 +29,7 @@ from xml.etree.ElementTree import Element
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .. import safexml
-from ..settings import ConfigError
+from ..errors import ConfigError
 from ..status import Status
 from .base import (
     CallbackRequest,

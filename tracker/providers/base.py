@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 
 import httpx
 
-from ..settings import ConfigError
+from ..errors import ConfigError
 from ..status import Status
 
 

@@ -18,7 +18,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from ..settings import ConfigError
+from ..errors import ConfigError
 from ..status import Status
 from .base import (
     CallbackRequest,
