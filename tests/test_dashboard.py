@@ -318,3 +318,31 @@ def test_generated_query_strings_are_never_a_server_error(client, staff, page, p
     login(client, staff)
     response = client.get(page, query_string=params)
     assert response.status_code < 500, (page, params, response.status_code)
+
+
+@pytest.mark.parametrize(("query", "said"), [
+    ("created_from=garbage", "created from: 'garbage' is not a date"),
+    ("created_to=2026-02-30", "created to: '2026-02-30' is not a date"),
+    ("status=deliverd", "status: 'deliverd' is not a status"),
+    ("before=%C2%B2", "before: '²' is not a message id"),
+    ("created_from=2026-03-02&created_to=2026-03-01", "created from is after created to"),
+])
+def test_an_invalid_filter_is_shown_and_answered_400(client, staff, query, said) -> None:
+    login(client, staff)
+    page = client.get(f"/messages?{query}")
+    assert page.status_code == 400
+    assert said in page.get_data(as_text=True).replace("&#39;", "'")
+    export = client.get(f"/messages/export?format=csv&{query}")
+    assert export.status_code == 400 and said in export.get_data(as_text=True)
+    assert client.get("/messages?created_from=2026-03-01&status=delivered").status_code == 200
+
+
+def test_the_export_command_refuses_an_invalid_filter(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from tracker import cli
+
+    result = CliRunner().invoke(cli.main, ["export", "--created-from", "garbage",
+                                           "--output", str(tmp_path / "x.csv")])
+    assert result.exit_code == 2 and "--created-from: 'garbage' is not a date" in result.output
+    assert not (tmp_path / "x.csv").exists()

@@ -284,6 +284,11 @@ def export(fmt: str, mask_phones: bool, output: str, **filters: str) -> None:
     from .db import db as database
     from .phones import mask_phone
 
+    problems = reporting.filter_problems(filters)
+    if problems:
+        raise click.UsageError("; ".join(p.replace("created from", "--created-from")
+                                         .replace("created to", "--created-to")
+                                         .replace("status:", "--status:") for p in problems))
     app = _app()
     flt = reporting.MessageFilter.from_args(filters)  # parsed as the dashboard parses its own
     started = time.monotonic()

@@ -158,6 +158,29 @@ class MessageFilter:
         return self.without_page() != MessageFilter()
 
 
+def filter_problems(args: Mapping[str, str]) -> list[str]:
+    """What is wrong with a messages filter, in words for the page or the command line (an
+    empty list: nothing). A value that cannot be understood is reported, not silently dropped:
+    a filter that looks applied but is not would show the wrong messages."""
+    problems = []
+    for name in ("created_from", "created_to"):
+        value = (args.get(name) or "").strip()
+        if value and day(value) is None:
+            problems.append(f"{name.replace('_', ' ')}: {value!r} is not a date (YYYY-MM-DD)")
+    status = (args.get("status") or "").strip()
+    if status and status not in {s.value for s in Status}:
+        problems.append(f"status: {status!r} is not a status "
+                        f"({', '.join(s.value for s in Status)})")
+    for name in ("before", "after"):
+        value = (args.get(name) or "").strip()
+        if value and as_id(value) is None:
+            problems.append(f"{name}: {value!r} is not a message id")
+    start, end = day(args.get("created_from")), day(args.get("created_to"))
+    if start and end and start > end:
+        problems.append("created from is after created to")
+    return problems
+
+
 def day(value: str | None) -> dt.date | None:
     """A UTC day, or None; the last day of the calendar counts as the one before it, so that
     "up to the end of the day" (day + 1) stays a date."""

@@ -69,6 +69,7 @@ def messages() -> Any:
     """Newest messages first: searched by number, reference, provider id or client_ref, filtered
     by status, provider, error code and created date (UTC days), paged by keyset, with a count
     of the matches (exact up to reporting.COUNT_CAP)."""
+    problems = reporting.filter_problems(request.args)
     flt = reporting.MessageFilter.from_args(request.args)
     region = current_app.config["TRACKER"]["default_region"]
     # The filter's terms once for the list and the count: a search probes the database.
@@ -83,8 +84,8 @@ def messages() -> Any:
         statuses=[s.value for s in Status],
         providers=providers, filter_args=_filter_args(flt),
         # One url_for per row cost ~0.5 ms of the 5 ms budget; the rows append their id.
-        message_url=url_for("dashboard.message", message_id=0)[:-1],
-    )
+        message_url=url_for("dashboard.message", message_id=0)[:-1], problems=problems,
+    ), 400 if problems else 200
 
 
 def _filter_args(flt: reporting.MessageFilter) -> dict[str, str]:

@@ -134,6 +134,10 @@ def start() -> Any:
     fmt = request.args.get("format", "csv")
     if fmt not in exports.FORMATS:
         abort(400)
+    problems = reporting.filter_problems(request.args)
+    if problems:  # an export of a filter that is not what it looks like would mislead
+        return ("Not exported: " + "; ".join(problems) + "\n", 400,
+                {"Content-Type": "text/plain; charset=utf-8"})
     folder = exports_dir()
     if _clean(folder) >= MAX_RUNNING:
         return "Too many exports are running; try again in a minute.", 429, {"Retry-After": "60"}
