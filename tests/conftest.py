@@ -22,6 +22,7 @@ from tracker.db import db
 
 PG_URL = os.environ.get("TRACKER_TEST_DATABASE_URL", "")
 SKYCORE = {"api_key": "test-api-key", "shortcode": "60856", "callback_token": "sky-secret-token"}
+MOBIZON_KEY = "kz0123456789abcdef0123456789abcdef01234567"
 
 
 def _admin_conn(url: str) -> Any:
@@ -121,3 +122,21 @@ def api_key(app: Flask) -> str:
     from tracker import accounts
 
     return accounts.create_api_key("tests")
+
+
+@pytest.fixture
+def sky() -> Iterator[Any]:
+    """A Skycore stand-in on loopback (tests/standins/skycore.py)."""
+    from standins.skycore import SkycoreStandIn
+
+    with SkycoreStandIn(api_key=SKYCORE["api_key"]) as stand_in:
+        yield stand_in
+
+
+@pytest.fixture
+def mob() -> Iterator[Any]:
+    """A Mobizon stand-in on loopback (tests/standins/mobizon.py)."""
+    from standins.mobizon import MobizonStandIn
+
+    with MobizonStandIn(api_key=MOBIZON_KEY) as stand_in:
+        yield stand_in

@@ -37,12 +37,6 @@ def skycore_config(database_url: str, base_url: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def sky() -> Iterator[SkycoreStandIn]:
-    with SkycoreStandIn(api_key=SKYCORE["api_key"]) as stand_in:
-        yield stand_in
-
-
-@pytest.fixture
 def app(database_url: str, sky: SkycoreStandIn) -> Iterator[Flask]:
     """conftest's `app`, with the Skycore provider sending to the stand-in."""
     with running(skycore_config(database_url, sky.url)) as flask_app:

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import SKYCORE, build_app, make_config, running
+from conftest import MOBIZON_KEY, SKYCORE, build_app, make_config, running
 from flask import Flask
 from servers import cmdline, db_rows, descendants, start_tracker, tracker_command, wait_until
 from standins.mobizon import MobizonStandIn
@@ -35,20 +35,6 @@ from tracker import sending
 from tracker.db import db
 from tracker.dispatcher import Dispatcher
 from tracker.models import Event, Message, utcnow
-
-MOBIZON_KEY = "kz0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture
-def sky() -> Iterator[SkycoreStandIn]:
-    with SkycoreStandIn(api_key=SKYCORE["api_key"]) as stand_in:
-        yield stand_in
-
-
-@pytest.fixture
-def mob() -> Iterator[MobizonStandIn]:
-    with MobizonStandIn(api_key=MOBIZON_KEY) as stand_in:
-        yield stand_in
 
 
 def config(database_url: str, sky_url: str, mob_url: str = "http://127.0.0.1:9",

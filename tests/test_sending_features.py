@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import SKYCORE, build_app, make_config, running
+from conftest import MOBIZON_KEY, SKYCORE, build_app, make_config, running
 from flask import Flask
 from standins.mobizon import MobizonStandIn
 from standins.skycore import Reply, SkycoreStandIn
@@ -21,9 +21,6 @@ from tracker.models import Callback, Event, Message, utcnow
 from tracker.providers.base import Receipt
 from tracker.settings import ConfigError
 from tracker.status import Status
-
-MOBIZON_KEY = "kz0123456789abcdef0123456789abcdef01234567"
-
 
 # -- encoding and segments (pure) ------------------------------------------------------------
 
@@ -87,18 +84,6 @@ def test_bad_routes_name_the_key(routes: dict[str, Any], message: str) -> None:
 
 
 # -- against real stand-ins, on both databases ---------------------------------------------------
-
-
-@pytest.fixture
-def sky() -> Iterator[SkycoreStandIn]:
-    with SkycoreStandIn(api_key=SKYCORE["api_key"]) as stand_in:
-        yield stand_in
-
-
-@pytest.fixture
-def mob() -> Iterator[MobizonStandIn]:
-    with MobizonStandIn(api_key=MOBIZON_KEY) as stand_in:
-        yield stand_in
 
 
 def _config(database_url: str, sky: SkycoreStandIn, mob: MobizonStandIn,
