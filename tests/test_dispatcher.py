@@ -27,7 +27,15 @@ import httpx
 import pytest
 from conftest import MOBIZON_KEY, SKYCORE, build_app, make_config, running
 from flask import Flask
-from servers import cmdline, db_rows, descendants, start_tracker, tracker_command, wait_until
+from servers import (
+    TrackerServer,
+    cmdline,
+    db_rows,
+    descendants,
+    start_tracker,
+    tracker_command,
+    wait_until,
+)
 from standins.mobizon import MobizonStandIn
 from standins.skycore import Reply, SkycoreStandIn
 
@@ -331,21 +339,32 @@ def _statuses(database_url: str) -> Counter[str]:
                                               " GROUP BY status")))
 
 
+def _serve_skycore(run_dir: Path, database_url: str, sky: SkycoreStandIn,
+                   **skycore: Any) -> TrackerServer:
+    """`tracker serve` sending through the Skycore stand-in by default."""
+    return start_tracker(run_dir, database_url=database_url, skycore_url=sky.url,
+                         default_provider="skycore",
+                         skycore={**SKYCORE, "base_url": sky.url, **skycore})
+
+
+def _post(server: TrackerServer, key: str, texts: list[str]) -> None:
+    """Queue one message per text through the API, each accepted (202)."""
+    with httpx.Client(base_url=server.base_url,
+                      headers={"Authorization": f"Bearer {key}"}) as client:
+        for text in texts:
+            response = client.post("/api/v1/messages", json={"to": "+15551234888",
+                                                              "text": text})
+            assert response.status_code == 202, response.text
+
+
 @pytest.mark.parametrize("victim", ["worker", "process-group"])
 def test_sigkill_mid_campaign_then_restart_never_sends_a_text_twice(
         tmp_path: Path, database_url: str, sky: SkycoreStandIn, victim: str) -> None:
     sky.default = Reply.slow(0.3)
-    settings = {"skycore_url": sky.url, "default_provider": "skycore",
-                "skycore": {**SKYCORE, "base_url": sky.url, "max_in_flight": 4,
-                            "timeout_seconds": 2.0}}
-    server = start_tracker(tmp_path / "first", database_url=database_url, **settings)
+    skycore = {"max_in_flight": 4, "timeout_seconds": 2.0}
+    server = _serve_skycore(tmp_path / "first", database_url, sky, **skycore)
     try:
-        key = server.create_api_key()
-        with httpx.Client(base_url=server.base_url,
-                          headers={"Authorization": f"Bearer {key}"}) as client:
-            for i in range(40):
-                assert client.post("/api/v1/messages", json={
-                    "to": "+15551234888", "text": f"campaign #{i:02d}"}).status_code == 202
+        _post(server, server.create_api_key(), [f"campaign #{i:02d}" for i in range(40)])
         sky.wait_for_requests(10, timeout=20)
         if victim == "worker":
             os.kill(_worker_pid(server), signal.SIGKILL)  # serve then stops the web app too
@@ -357,8 +376,7 @@ def test_sigkill_mid_campaign_then_restart_never_sends_a_text_twice(
     killed_at = time.monotonic()
     seen_before = len(sky.requests)
 
-    again = start_tracker(tmp_path / "second", database_url=database_url, port=server.port,
-                          **settings)
+    again = _serve_skycore(tmp_path / "second", database_url, sky, **skycore)
     try:
         def settled() -> Counter[str] | None:
             counts = _statuses(database_url)
@@ -389,18 +407,12 @@ def test_sigkill_mid_campaign_then_restart_never_sends_a_text_twice(
 def test_graceful_stop_lets_sends_finish_and_releases_the_lease_at_once(
         tmp_path: Path, database_url: str, sky: SkycoreStandIn) -> None:
     sky.default = Reply.slow(1.0)
-    server = start_tracker(tmp_path, database_url=database_url, skycore_url=sky.url,
-                           default_provider="skycore",
-                           skycore={**SKYCORE, "base_url": sky.url, "max_in_flight": 4})
+    server = _serve_skycore(tmp_path, database_url, sky, max_in_flight=4)
     try:
         key = server.create_api_key()
         wait_until(lambda: db_rows(database_url, "SELECT owner FROM lease"), timeout=15,
                    message="the worker never took the lease")
-        with httpx.Client(base_url=server.base_url,
-                          headers={"Authorization": f"Bearer {key}"}) as client:
-            for i in range(8):
-                client.post("/api/v1/messages", json={"to": "+15551234888",
-                                                      "text": f"in flight #{i}"})
+        _post(server, key, [f"in flight #{i}" for i in range(8)])
         sky.wait_for_requests(4, timeout=10)
         server.stop()  # SIGTERM while 4 sends wait for their 1 s answers
     finally:
@@ -416,9 +428,7 @@ def test_graceful_stop_lets_sends_finish_and_releases_the_lease_at_once(
 def test_every_worker_dispatches_and_a_standby_takes_the_lease_when_the_leader_stops(
         tmp_path: Path, database_url: str, sky: SkycoreStandIn) -> None:
     sky.default = Reply.slow(0.05)
-    server = start_tracker(tmp_path, database_url=database_url, skycore_url=sky.url,
-                           default_provider="skycore",
-                           skycore={**SKYCORE, "base_url": sky.url, "max_in_flight": 2})
+    server = _serve_skycore(tmp_path, database_url, sky, max_in_flight=2)
     standby_log = (tmp_path / "standby.log").open("wb")
     standby = subprocess.Popen([*tracker_command(), "worker"], env=server.env, cwd=tmp_path,
                                stdout=standby_log, stderr=subprocess.STDOUT)
@@ -426,12 +436,7 @@ def test_every_worker_dispatches_and_a_standby_takes_the_lease_when_the_leader_s
         leader = wait_until(lambda: db_rows(database_url, "SELECT owner FROM lease"),
                             timeout=15, message="no worker took the lease")[0][0]
         assert leader.endswith(f":{_worker_pid(server)}")  # serve's worker started first
-        key = server.create_api_key()
-        with httpx.Client(base_url=server.base_url,
-                          headers={"Authorization": f"Bearer {key}"}) as client:
-            for i in range(60):
-                client.post("/api/v1/messages", json={"to": "+15551234888",
-                                                      "text": f"two workers #{i:02d}"})
+        _post(server, server.create_api_key(), [f"two workers #{i:02d}" for i in range(60)])
         wait_until(lambda: _statuses(database_url) == Counter(accepted=60), timeout=30,
                    message=lambda: str(_statuses(database_url)))
         server.stop()  # the leader lets go of the lease as it stops

@@ -301,10 +301,14 @@ class Dispatcher:
         for message in started:
             by_provider[message.provider].append(message)
         for slug, messages in by_provider.items():
-            provider = self.providers.get(slug)
-            size = provider.SEND_BATCH if provider else 1
-            for i in range(0, len(messages), size):
-                self._submit(_Request(slug, messages[i:i + size]))
+            for chunk in self._chunks(slug, messages):
+                self._submit(_Request(slug, chunk))
+
+    def _chunks(self, slug: str, messages: list[Message]) -> list[list[Message]]:
+        """`messages` cut into requests: one message each, or the provider's batch size."""
+        provider = self.providers.get(slug)
+        size = provider.SEND_BATCH if provider else 1
+        return [messages[i:i + size] for i in range(0, len(messages), size)]
 
     # -- starting sends ----------------------------------------------------------------------
 
@@ -315,7 +319,6 @@ class Dispatcher:
         release: dict[int, dt.datetime] = {}
         for slug, backlog in self._backlog.items():
             provider = self.providers.get(slug)
-            size = provider.SEND_BATCH if provider else 1
             room = self._room(slug)
             take: list[Message] = []
             while backlog and len(take) < room:
@@ -327,9 +330,10 @@ class Dispatcher:
             if not take:
                 continue
             slots = self._slots(provider, len(take))
-            for i in range(0, len(take), size):
-                chunk = take[i:i + size]
-                start = slots[i] if slots else 0.0
+            first = 0
+            for chunk in self._chunks(slug, take):
+                start = slots[first] if slots else 0.0
+                first += len(chunk)
                 if start - clock > MAX_SLOT_WAIT:
                     for message in chunk:  # its slot stays reserved: the rate is never exceeded
                         release[message.id] = now + dt.timedelta(seconds=start - clock)
@@ -436,9 +440,7 @@ class Dispatcher:
         try:
             with write_tx():
                 for message, outcome in pairs:
-                    sending.record_outcome(message, outcome, self.providers,
-                                           max_attempts=self.max_attempts,
-                                           backoff_seconds=self.backoff_seconds)
+                    self._write_outcome(message, outcome)
             return
         except UNAVAILABLE_ERRORS:
             raise
@@ -456,12 +458,15 @@ class Dispatcher:
         if batch:
             self._look = True
 
+    def _write_outcome(self, message: Message, outcome: Outcome) -> None:
+        sending.record_outcome(message, outcome, self.providers,
+                               max_attempts=self.max_attempts,
+                               backoff_seconds=self.backoff_seconds)
+
     def _record_one(self, message: Message, outcome: Outcome) -> None:
         try:
             with write_tx():  # a savepoint: one message's bug never loses the others
-                sending.record_outcome(message, outcome, self.providers,
-                                       max_attempts=self.max_attempts,
-                                       backoff_seconds=self.backoff_seconds)
+                self._write_outcome(message, outcome)
         except UNAVAILABLE_ERRORS:
             raise
         except Exception:

@@ -25,7 +25,6 @@ from .status import Status, order_key
 log = logging.getLogger(__name__)
 
 
-
 class SendRejected(ValueError):
     """The request to send is invalid; `field` names what to fix."""
 
