@@ -35,7 +35,7 @@ from tracker import (  # noqa: E402
     correlation,
     create_app,
     expiry,
-    ingest,
+    intake,
     migrations,
     overview,
     sending,
@@ -122,7 +122,7 @@ def dispatch(providers: dict[str, Any], at: dt.datetime, answer: SendResult | Se
 def seed(app: Any, rng: random.Random, count: int = 400) -> int:
     """`count` messages over the last 7 days; returns the id of the one with the rich timeline."""
     client, providers, now = app.test_client(), app.extensions["providers"], utcnow()
-    for module in (sending, correlation, ingest, web_callbacks):
+    for module in (sending, correlation, intake, web_callbacks):
         module.utcnow = clock  # type: ignore[attr-defined]
     starts = sorted(now - dt.timedelta(seconds=rng.uniform(60, 7 * 86400)) for _ in range(count))
     for i, created in enumerate(starts):

@@ -66,6 +66,7 @@ def serve(host: str, port: int, workers: int | None) -> None:
     if cfg["public_base_url"] == DEFAULTS["public_base_url"]:
         env["TRACKER_PUBLIC_BASE_URL"] = f"http://{host}:{port}"
     env["TRACKER_WEB_WORKERS"] = str(workers or cfg["web_workers"])
+    env["TRACKER_WEB_THREADS"] = str(cfg["web_threads"])
     web = subprocess.Popen([  # noqa: S603 - our own interpreter and arguments
         sys.executable, "-m", "gunicorn", "--config", "python:tracker.gunicorn_conf",
         "--chdir", str(ROOT), "--bind", f"{host}:{port}", "wsgi:app",

@@ -209,8 +209,11 @@ def is_sqlite(database: peewee.Database | None = None) -> bool:
 
 
 @contextlib.contextmanager
-def write_tx() -> Iterator[None]:
-    """The only way to open a transaction that writes (BEGIN IMMEDIATE + lock on SQLite)."""
+def write_tx(durable: bool = True) -> Iterator[None]:
+    """The only way to open a transaction that writes (BEGIN IMMEDIATE + lock on SQLite).
+
+    `durable=False` leaves the fsync to the caller's `make_durable()` (group commit: the next
+    batch takes the lock while this one's fsync runs)."""
     database = db.obj
     if isinstance(database, SqliteDatabase):
         if database.in_transaction():
@@ -219,10 +222,19 @@ def write_tx() -> Iterator[None]:
             return
         with database.writer_lock(), database.atomic("IMMEDIATE"):
             yield
-        database.sync_wal()  # after the lock: other writers need not wait for our fsync
+        if durable:
+            database.sync_wal()  # after the lock: other writers need not wait for our fsync
     else:
         with database.atomic():
             yield
+
+
+def make_durable() -> None:
+    """Make every commit so far survive a power loss (SQLite: fsync the WAL; Postgres's
+    COMMIT already is)."""
+    database = db.obj
+    if isinstance(database, SqliteDatabase):
+        database.sync_wal()
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,15 +1,21 @@
 """gunicorn settings used by `tracker serve` and by config/gunicorn.conf.py.
 
-Sync workers: a callback is short and CPU-bound, and webhook senders rarely keep connections
-alive, so sync -w 4 is the measured sweet spot on 2 cores (perf-baseline.md). No --preload:
-database connections must never cross fork(). No access log by default: the request line
-carries the secret callback token.
+Threaded workers whose event loop reads each request whole before a thread runs it
+(tracker.web.worker): a stalled or slow client costs a socket, not a worker, and a request not
+complete within `request_timeout_seconds` is dropped unread. Threads also let callbacks that
+arrive together share one commit (tracker.intake). No --preload: database connections must
+never cross fork(). No access log by default: the request line carries the secret callback
+token.
 """
 
 import os
 
-workers = int(os.environ.get("TRACKER_WEB_WORKERS", "4"))
-worker_class = "sync"
+workers = int(os.environ.get("TRACKER_WEB_WORKERS", "2"))
+threads = int(os.environ.get("TRACKER_WEB_THREADS", "8"))
+worker_class = "tracker.web.worker.BufferingWorker"
+# Connections per worker, most of them idle or stalled ones; the worker lowers it to what the
+# process may open.
+worker_connections = 4000
 timeout = 30
 graceful_timeout = 20
 keepalive = 2

@@ -11,20 +11,17 @@ the callbacks (method POLL), so the timeline shows what every polled receipt cam
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 
-from . import correlation, ingest
+from . import intake
 from .correlation import Verdict
 from .db import write_tx
 from .models import Message, utcnow
 from .providers.base import (
-    POLL_METHOD,
     PollAnswer,
     PollError,
     PollTarget,
     Provider,
-    without_nul,
 )
 
 log = logging.getLogger(__name__)
@@ -69,18 +66,6 @@ def due(provider: str, now: dt.datetime, limit: int) -> list[PollTarget]:
 
 def store(provider: str, batch: list[PollTarget], answer: PollAnswer) -> int:
     """Keep the raw answer and apply its receipts, in one transaction; receipts applied."""
-    now = utcnow()
     asked = ",".join(t.provider_message_id or t.reference for t in batch)
-    row = (provider, POLL_METHOD, f"poll:{provider}", f"ids={asked}"[:4000],
-           json.dumps([]), answer.raw.encode("utf-8"), None, now)
-    detail = without_nul("; ".join(answer.errors)) or None
-    with write_tx():
-        callback_id = ingest.insert_callback(row, Verdict.PENDING, detail)
-        outcomes = [correlation.apply_receipt(r, source="poll", callback_id=callback_id,
-                                              received_at=now) for r in answer.receipts]
-        if outcomes:
-            verdict = correlation.callback_verdict(outcomes)
-        else:
-            verdict = Verdict.INVALID if answer.errors else Verdict.IGNORED
-        ingest.set_verdict(callback_id, verdict)
+    outcomes = intake.store_poll_answer(provider, asked, answer)
     return sum(o.verdict == Verdict.APPLIED for o in outcomes)

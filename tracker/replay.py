@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
-from . import correlation
+from . import correlation, intake
 from .correlation import Verdict
-from .db import UNAVAILABLE_ERRORS, execute, write_tx
+from .db import UNAVAILABLE_ERRORS, write_tx
 from .models import Callback, Message
 from .providers.base import POLL_METHOD, CallbackRequest, Provider, without_nul
 
@@ -100,8 +100,8 @@ def _replay_one(callback: Callback, provider: Provider, result: Replayed, *,
         result.note = problem + ("; dry run: nothing written" if dry_run else "")
         if not dry_run:
             with write_tx():
-                execute("UPDATE callback SET verdict = ?, detail = ? WHERE id = ?",
-                        (Verdict.UNAUTHORIZED.value, problem, callback.id))
+                intake.set_verdict(callback.id, Verdict.UNAUTHORIZED, detail=problem,
+                                   keep_detail=False)
         return result
     parsed = provider.parse_callback(request)
     try:
@@ -112,8 +112,7 @@ def _replay_one(callback: Callback, provider: Provider, result: Replayed, *,
             new = _new_verdict(callback.verdict, parsed.errors, outcomes)
             result.new_verdict = new
             detail = without_nul("; ".join(parsed.errors + parsed.notes)) or None
-            execute("UPDATE callback SET verdict = ?, detail = ? WHERE id = ?",
-                    (new, detail, callback.id))
+            intake.set_verdict(callback.id, new, detail=detail, keep_detail=False)
             after = _statuses(parsed.receipts)
             result.changes = [(ref, before[ref], after[ref]) for ref in after
                               if before.get(ref) != after[ref]]
@@ -125,9 +124,7 @@ def _replay_one(callback: Callback, provider: Provider, result: Replayed, *,
 
 
 def _new_verdict(old: str, errors: list[str], outcomes: list[correlation.Outcome]) -> str:
-    if not outcomes:
-        return Verdict.INVALID.value if errors else Verdict.IGNORED.value
-    new = correlation.callback_verdict(outcomes)
+    new = intake.verdict_of(errors, outcomes)
     # Receipts the first run already stored come back as duplicates: that is not news.
     return old if new == Verdict.DUPLICATE and old != Verdict.INVALID else new.value
 

@@ -31,7 +31,9 @@ DEFAULTS: dict[str, Any] = {
     "callback_max_bytes": 64 * 1024,
     "db_pool_size": 8,  # Postgres connections per process
     "sqlite_synchronous": "full",  # "normal": no fsync per write; power loss may drop the last
-    "web_workers": 4,
+    "web_workers": 2,
+    "web_threads": 8,  # requests answered at once per web worker
+    "request_timeout_seconds": 10.0,  # a whole request (headers and body) must arrive in it
     "dispatch_interval_seconds": 1.0,
     "dispatch_batch_size": 50,
     "send_max_attempts": 6,
@@ -58,6 +60,8 @@ TYPES: dict[str, type | tuple[type, ...]] = {
     "db_pool_size": int,
     "sqlite_synchronous": str,
     "web_workers": int,
+    "web_threads": int,
+    "request_timeout_seconds": (int, float),
     "dispatch_interval_seconds": (int, float),
     "dispatch_batch_size": int,
     "send_max_attempts": int,
@@ -179,6 +183,9 @@ def _validate(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"default_provider: required when [providers.fake] is not"
                               f" configured; one of: {', '.join(sorted(cfg['providers']))}")
         raise ConfigError(f"default_provider: {name!r} has no [providers.{name}] table")
+    for key in ("web_workers", "web_threads", "request_timeout_seconds"):
+        if cfg[key] <= 0:
+            raise ConfigError(f"{key}: must be more than 0")
     if cfg["rollup_interval_seconds"] <= 0:
         raise ConfigError("rollup_interval_seconds: must be more than 0")
     from . import reports, routing  # they validate their own tables

@@ -11,6 +11,7 @@ rate limit); the sending core reads them, provider modules need not.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import threading
 from dataclasses import dataclass, field
@@ -65,11 +66,28 @@ class Receipt:
     dedupe_key: str | None = None  # provider-unique key of this report; None = never deduped
 
     def __post_init__(self) -> None:
-        # A NUL cannot be stored in a Postgres text column (psycopg2 refuses the parameter);
-        # senders can put one anywhere, so it is replaced, here, for every provider at once.
+        # What a sender can put in a receipt must fit where it is stored, for every provider at
+        # once: a NUL cannot be stored in a Postgres text column (psycopg2 refuses the
+        # parameter), and Postgres refuses a value longer than its column.
         for name, value in vars(self).items():
-            if isinstance(value, str) and "\x00" in value:
-                object.__setattr__(self, name, without_nul(value))
+            if isinstance(value, str) and not isinstance(value, Status):
+                fitted = _clipped(without_nul(value), RECEIPT_FIELD_LIMITS.get(name))
+                if fitted != value:
+                    object.__setattr__(self, name, fitted)
+
+
+# The event table's column sizes. A clipped value ends in "…": it can never equal a reference
+# of ours or a provider id we stored, so it matches nothing and stays an orphan.
+RECEIPT_FIELD_LIMITS = {"provider_message_id": 128, "reference": 32, "raw_status": 128,
+                        "error_code": 64, "dedupe_key": 200}
+
+
+def _clipped(value: str, limit: int | None) -> str:
+    if limit is None or len(value) <= limit:
+        return value
+    if limit == RECEIPT_FIELD_LIMITS["dedupe_key"]:  # still unique: its hash, not its prefix
+        return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return value[:limit - 1] + "…"
 
 
 @dataclass

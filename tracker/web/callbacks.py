@@ -1,18 +1,17 @@
-"""`POST /callbacks/<provider>/<token>`: authenticate, store raw, then parse and correlate.
+"""`POST /callbacks/<provider>/<token>`: the front door of the intake (tracker.intake).
 
-The raw callback is committed in the same transaction as its events, before the answer, so
-anything acknowledged is stored. Anything stored gets 200 (Skycore accepts exactly 200), with a
-verdict; a store that fails answers 503 + Retry-After so the provider retries.
+This endpoint checks the token, the method and the size, and maps what the intake did to an
+answer: anything stored gets 200 (Skycore accepts exactly 200) with its verdict; a store that
+fails answers 503 + Retry-After so the provider retries. Verifying, storing, parsing and
+correlating are the intake's.
 
-This endpoint is a small WSGI application in front of Flask, not a Flask view: providers post
-at the highest rate of any client, and Flask's per-request machinery (session, CSRF and login
-hooks, routing) cost as much CPU as the whole bare request while serving none of it here.
+It is a small WSGI application in front of Flask, not a Flask view: providers post at the
+highest rate of any client, and Flask's per-request machinery (session, CSRF and login hooks,
+routing) cost as much CPU as the whole bare request while serving none of it here.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -21,15 +20,14 @@ from flask import Flask
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
-from .. import correlation, ingest
-from ..db import UNAVAILABLE_ERRORS, db, is_sqlite, write_tx
+from .. import intake
+from ..db import UNAVAILABLE_ERRORS, db, is_sqlite
 from ..models import utcnow
-from ..providers.base import CallbackRequest, ParsedCallback, Provider, without_nul
+from ..providers.base import CallbackRequest, Provider
 
 PREFIX = "/callbacks/"
 log = logging.getLogger(__name__)
 
-_REDACTED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 _SECURITY_HEADERS = [("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store")]
 
 
@@ -71,12 +69,17 @@ class CallbackEndpoint:
             log.warning("callback from %s cut off after %d bytes (Content-Length %s); not stored",
                         handler.slug, len(body), request.content_length)
             return _plain("request body shorter than its Content-Length", 400)
+        received_at = utcnow()
         raw = CallbackRequest(method=request.method, content_type=request.content_type or "",
                               query=request.args.to_dict(flat=False), body=body,
                               headers={k.lower(): v for k, v in request.headers.items()})
+        arrival = intake.Arrival(handler.slug, raw, path=f"{PREFIX}{handler.slug}/***",
+                                 query_string=request.query_string.decode("latin-1"),
+                                 headers=list(request.headers.items()),
+                                 remote_addr=request.remote_addr, received_at=received_at)
         try:
             db.connect(reuse_if_open=True)
-            return _acknowledge(handler.slug, request, raw, handler)
+            return _plain(f"OK {intake.receive(handler, arrival).value}", 200)
         except UNAVAILABLE_ERRORS as exc:
             log.warning("callback from %s not stored: %s", handler.slug, exc)
             return _plain("temporarily unavailable, retry later", 503, **{"Retry-After": "30"})
@@ -86,28 +89,6 @@ class CallbackEndpoint:
         finally:
             if not is_sqlite() and not db.is_closed():
                 db.close()  # Postgres: back to the pool. SQLite keeps its per-thread connection.
-
-
-def _acknowledge(provider: str, request: Request, raw: CallbackRequest,
-                 handler: Provider) -> Response:
-    problem = handler.verify(raw)
-    if problem:  # kept (a wrong secret on our side can be fixed, then the callback replayed)
-        row = _callback_row(provider, request, raw, utcnow())
-        with write_tx():
-            ingest.insert_callback(row, correlation.Verdict.UNAUTHORIZED, problem)
-        log.warning("callback from %s failed its signature check: %s", provider, problem)
-        return _plain(f"OK {correlation.Verdict.UNAUTHORIZED.value}", 200)
-    try:
-        verdict = _store_and_apply(provider, request, raw, handler.parse_callback(raw))
-    except UNAVAILABLE_ERRORS:
-        raise
-    except Exception:
-        log.exception("callback from %s: processing failed", provider)
-        row = _callback_row(provider, request, raw, utcnow())
-        with write_tx():
-            ingest.insert_callback(row, correlation.Verdict.ERROR, "processing failed; replay it")
-        verdict = correlation.Verdict.ERROR.value
-    return _plain(f"OK {verdict}", 200)
 
 
 def _plain(text: str, status: int, **headers: str) -> Response:
@@ -130,38 +111,3 @@ def _read_body(request: Request, limit: int) -> bytes | None:
     except Exception:  # the connection broke mid-body (gunicorn's NoMoreData, a reset, …)
         return b""  # shorter than its Content-Length, or than any body: refused, never stored
     return None if len(body) > limit else body
-
-
-def _store_and_apply(provider: str, request: Request, raw: CallbackRequest,
-                     parsed: ParsedCallback) -> str:
-    """Store the raw callback with its receipts' events and status changes, atomically."""
-    received_at = utcnow()
-    row = _callback_row(provider, request, raw, received_at)  # built before the lock is taken
-    detail = without_nul("; ".join(parsed.errors + parsed.notes)) or None
-    receipts = parsed.receipts
-    if len(receipts) == 1:  # the usual case: matched outside the write transaction
-        found = correlation.match(receipts[0])
-        return ingest.store_and_apply(row, detail, found, received_at).value
-    # A batch (or nothing understood): stored, applied in order, then given its verdict.
-    with write_tx():
-        if receipts:
-            expected = correlation.Verdict.PENDING
-        else:
-            expected = correlation.Verdict.INVALID if parsed.errors else correlation.Verdict.IGNORED
-        callback_id = ingest.insert_callback(row, expected, detail)
-        outcomes = [correlation.apply_receipt(r, source="callback", callback_id=callback_id,
-                                              received_at=received_at) for r in receipts]
-        verdict = correlation.callback_verdict(outcomes) if receipts else expected
-        if verdict != expected:  # a batch's verdict is known once its receipts are applied
-            ingest.set_verdict(callback_id, verdict)
-    return verdict.value
-
-
-def _callback_row(provider: str, request: Request, raw: CallbackRequest,
-                  received_at: dt.datetime) -> tuple:
-    """The raw request as stored; the secret token never reaches the database."""
-    headers = [[k, "[redacted]" if k.lower() in _REDACTED_HEADERS else v]
-               for k, v in request.headers.items()]
-    path = f"/callbacks/{provider}/***"
-    return (provider, request.method, path, request.query_string.decode("latin-1"),
-            json.dumps(headers), raw.body, request.remote_addr, received_at)
