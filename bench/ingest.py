@@ -2,7 +2,7 @@
 
 For each database (SQLite, Postgres) this starts gunicorn exactly as `tracker serve` does
 (`python -m gunicorn --config python:tracker.gunicorn_conf --chdir <repo> --bind ... wsgi:app`,
-sync workers, TRACKER_WEB_WORKERS) on a fresh, migrated database seeded with N 'accepted'
+TRACKER_WEB_WORKERS x TRACKER_WEB_THREADS) on a fresh, migrated database seeded with N 'accepted'
 Skycore messages (SMS_1..SMS_N), and drives it with wrk: 2 threads, 32 connections, a warm-up,
 then a measured run with --latency. The scheduled-jobs worker is NOT started: only the web app.
 
@@ -571,7 +571,8 @@ def measure_tracker(procs: Processes, tmp: Path, target: Target,
         settings = ({"sqlite_synchronous": args.sqlite_synchronous}
                     if args.sqlite_synchronous and target.kind == "sqlite" else None)
         config = write_config(dbdir, target, port_hint, token, settings)
-        env = clean_env(TRACKER_CONFIG=str(config), TRACKER_WEB_WORKERS=str(args.workers))
+        env = clean_env(TRACKER_CONFIG=str(config), TRACKER_WEB_WORKERS=str(args.workers),
+                        TRACKER_WEB_THREADS=str(args.web_threads))
         t0 = time.monotonic()
         done = subprocess.run([*tracker_command(), "db", "upgrade"], env=env, cwd=ROOT,
                               capture_output=True, text=True, check=False)
@@ -586,6 +587,7 @@ def measure_tracker(procs: Processes, tmp: Path, target: Target,
         if args.lean:  # the same database, after the tracker: every index, more rows
             print(f"round: lean-{target.kind} (bench/lean_app.py, same database)", flush=True)
             lean_env = clean_env(TRACKER_WEB_WORKERS=str(args.workers),
+                                 TRACKER_WEB_THREADS=str(args.web_threads),
                                  LEAN_DATABASE_URL=target.url,
                                  LEAN_FSYNC="0" if args.sqlite_synchronous == "normal" else "1")
             result.extra["lean"] = measure(procs, tmp, f"lean-{target.kind}", args, chdir=BENCH,
@@ -609,7 +611,8 @@ def lean_record(lean: Measurement, bare_rate: float, round_no: int) -> dict[str,
 
 
 def measure_bare(procs: Processes, tmp: Path, args: argparse.Namespace) -> Measurement:
-    env = clean_env(TRACKER_WEB_WORKERS=str(args.workers))
+    env = clean_env(TRACKER_WEB_WORKERS=str(args.workers),
+                        TRACKER_WEB_THREADS=str(args.web_threads))
     return measure(procs, tmp, "bare-post", args, chdir=BENCH, app="bare_app:app", env=env,
                    path=f"/callbacks/skycore/{secrets.token_urlsafe(24)}")
 
@@ -705,13 +708,14 @@ def git_state() -> dict[str, Any]:
 # -- main ------------------------------------------------------------------------------------------
 
 
-def default_workers() -> int:
+def default_web(key: str) -> int:
+    """`web_workers` or `web_threads` as `tracker serve` would use them."""
     try:
         from tracker.settings import DEFAULTS
 
-        return int(os.environ.get("TRACKER_WEB_WORKERS", DEFAULTS["web_workers"]))
+        return int(os.environ.get(f"TRACKER_{key.upper()}", DEFAULTS[key]))
     except ImportError:
-        return 4
+        return {"web_workers": 2, "web_threads": 8}[key]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -724,8 +728,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--messages", type=int, default=100_000, help="messages seeded")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--workers", type=int, default=default_workers(),
+    parser.add_argument("--workers", type=int, default=default_web("web_workers"),
                         help="gunicorn workers (TRACKER_WEB_WORKERS)")
+    parser.add_argument("--web-threads", type=int, default=default_web("web_threads"),
+                        help="threads per gunicorn worker (TRACKER_WEB_THREADS)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of bare + each db")
     parser.add_argument("--payload", choices=["postback", "notification"], default="postback",
                         help="Skycore form: flat <POSTBACK> or legacy <NOTIFICATION>")
@@ -781,8 +787,9 @@ def main(argv: list[str] | None = None) -> int:
            f"{args.sent_pct} % sent / {100 - args.sent_pct} % delivered"
            + (" (N201/N202)" if args.payload == "postback" else " (N201 without/with P4:0)")
            + f", random TIMESTAMP seconds, bodies padded to {args.body_bytes} bytes")
-    print(f"dlr-tracker callback ingestion: {os.cpu_count()} CPUs, gunicorn sync -w "
-          f"{args.workers} (python:tracker.gunicorn_conf), wrk -t{args.threads} "
+    print(f"dlr-tracker callback ingestion: {os.cpu_count()} CPUs, gunicorn -w "
+          f"{args.workers} --threads {args.web_threads} "
+          f"(python:tracker.gunicorn_conf), wrk -t{args.threads} "
           f"-c{args.connections}, warm-up {args.warmup:g} s + {args.duration:g} s --latency")
     print(f"payload: {mix}.")
     print("Receipts for one message repeat or arrive out of order (delivered before sent); the "
@@ -797,7 +804,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="dlr-ingest-"))
     records: list[dict[str, Any]] = []
     meta = {"time": stamp, "host": platform.node(), "cpus": os.cpu_count(),
-            "workers": args.workers, "connections": args.connections, "threads": args.threads,
+            "workers": args.workers, "web_threads": args.web_threads,
+            "connections": args.connections, "threads": args.threads,
             "duration": args.duration, "warmup": args.warmup, "messages": args.messages,
             "payload": args.payload, "sent_pct": args.sent_pct, "body_bytes": args.body_bytes,
             "sqlite_synchronous": args.sqlite_synchronous, "bare_runs": args.bare_runs,

@@ -120,7 +120,7 @@ def statement_label(sql: str, *_args: Any, **_kwargs: Any) -> str:
 def instrument(app: Any, timers: Timers) -> None:
     """Wrap the write transaction, every SQL statement, COMMIT and the XML parse."""
     from tracker import db as dbmod
-    from tracker.web import callbacks
+    from tracker import groupcommit
 
     database = dbmod.db.obj
     database.execute_sql = timers.wrap(statement_label, database.execute_sql)
@@ -128,14 +128,14 @@ def instrument(app: Any, timers: Timers) -> None:
     database.begin = timers.wrap("  BEGIN", database.begin)
     if hasattr(database, "writer_lock"):
         database.writer_lock = _timed_cm(timers, "  writer lock acquire", database.writer_lock)
-    original_tx = callbacks.write_tx
+    original_tx = groupcommit.write_tx
 
     @contextlib.contextmanager
-    def write_tx() -> Iterator[None]:
-        with timers.timed("write_tx (lock + BEGIN .. COMMIT)"), original_tx():
+    def write_tx(durable: bool = True) -> Iterator[None]:
+        with timers.timed("write_tx (lock + BEGIN .. COMMIT)"), original_tx(durable):
             yield
 
-    callbacks.write_tx = write_tx
+    groupcommit.write_tx = write_tx
     provider = app.extensions["providers"]["skycore"]
     provider.parse_callback = timers.wrap("parse_callback (XML)", provider.parse_callback)
 

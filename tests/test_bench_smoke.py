@@ -52,6 +52,7 @@ COVERED = {
     "screenshots.py": "test_screenshots",
     "dispatch.py": "test_dispatch_smoke, test_dispatch_postgres",
     "skycore_standin.py": "test_skycore_standin, and every dispatch run",
+    "slow_clients.py": "test_slow_clients_smoke",
 }
 
 
@@ -263,3 +264,16 @@ def test_dispatch_postgres(tmp_path: Path) -> None:
                        "--database-url", PG_URL, "--results", str(tmp_path / "d.jsonl"),
                        cwd=tmp_path)
     assert re.search(r"^postgres 2 workers @50 ms .* 0 +all$", output, re.MULTILINE), output
+
+
+# -- slow clients -----------------------------------------------------------------------------
+
+
+def test_slow_clients_smoke(tmp_path: Path) -> None:
+    """20 stalled connections (replaced as the server closes them, request_timeout_seconds = 1)
+    beside the reference; the bench itself exits 1 when a genuine request fails, or something
+    of a stalled request was stored."""
+    output = run_bench("slow_clients.py", "--smoke", "--results", str(tmp_path / "s.jsonl"),
+                       cwd=tmp_path)
+    assert re.search(r"^20 stalled\s+callback\s+\d+\s+0\s", output, re.MULTILINE), output
+    assert (tmp_path / "s.jsonl").read_text().count("\n") == 2

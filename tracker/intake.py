@@ -141,7 +141,9 @@ def _store_parsed(arrival: Arrival, parsed: ParsedCallback) -> Verdict:
     detail = without_nul("; ".join(parsed.errors + parsed.notes)) or None
     if len(parsed.receipts) == 1:  # the usual case: matched before the transaction
         found = correlation.match(parsed.receipts[0])
-        return _together.run(lambda: _store_and_apply(arrival, detail, found))
+        if not is_sqlite():  # one statement, atomic on its own: no transaction to share
+            return _store_and_apply_postgres(arrival, detail, found)
+        return _together.run(lambda: _store_and_apply_sqlite(arrival, detail, found))
     return _together.run(lambda: _store_receipts(arrival, detail, parsed.receipts,
                                                  parsed.errors, source="callback")[0])
 
@@ -168,19 +170,18 @@ def _store_receipts(arrival: Arrival, detail: str | None, receipts: Sequence[Rec
     return verdict, outcomes
 
 
-def _store_and_apply(arrival: Arrival, detail: str | None, found: Match) -> Verdict:
-    """The raw callback with its one receipt's event and status change."""
-    if is_sqlite():
-        callback_id = _insert_callback(arrival, found.expected, detail)
-        outcome = correlation.apply(found, source="callback", callback_id=callback_id,
-                                    received_at=arrival.received_at)
-        if outcome.verdict != found.expected:
-            set_verdict(callback_id, outcome.verdict)
-        return outcome.verdict
-    return _store_and_apply_postgres(arrival, detail, found)
+def _store_and_apply_sqlite(arrival: Arrival, detail: str | None, found: Match) -> Verdict:
+    """The raw callback with its one receipt's event and status change (in a transaction)."""
+    callback_id = _insert_callback(arrival, found.expected, detail)
+    outcome = correlation.apply(found, source="callback", callback_id=callback_id,
+                                received_at=arrival.received_at)
+    if outcome.verdict != found.expected:
+        set_verdict(callback_id, outcome.verdict)
+    return outcome.verdict
 
 
 def _store_and_apply_postgres(arrival: Arrival, detail: str | None, found: Match) -> Verdict:
+    """The same in one statement; a correction, if any, is a statement of its own."""
     r, decision, received_at = found.receipt, found.decision, arrival.received_at
     expected = found.expected
     applies = bool(decision and decision.applies)
