@@ -17,8 +17,8 @@ gunicorn's own parser, limits, WSGI environ and response code still serve every 
 class only decides when a request is ready. TLS is not read here (terminate it in a proxy).
 
 With `web_threads = 1` the loop's own thread runs each request as soon as it is whole: no
-thread hand-offs, and the SQLite writer lock is waited for in the main thread (measured: 1,084
-callbacks/s against 839 with 8 threads, 2 workers, SQLite). But then one long answer (a big
+thread hand-offs, and the SQLite writer lock is waited for in the main thread (measured: 1,139
+callbacks/s against 828 with 8 threads, 2 workers, SQLite). But then one long answer (a big
 export) holds every other request of that worker; the default keeps threads.
 """
 
