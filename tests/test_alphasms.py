@@ -262,11 +262,14 @@ def test_unreachable_is_provider_side_and_retried() -> None:
 
 
 @pytest.mark.parametrize(("code", "status"), [
-    ("0", Status.QUEUED), ("1", Status.QUEUED), ("2", Status.SENT), ("3", Status.DELIVERED),
-    ("5", Status.EXPIRED), ("10", Status.FAILED), ("50", Status.UNDELIVERED),
+    ("0", Status.ACCEPTED), ("1", Status.ACCEPTED), ("2", Status.SENT), ("3", Status.DELIVERED),
+    ("5", Status.EXPIRED), ("10", Status.CANCELED), ("50", Status.UNDELIVERED),
     ("96", Status.UNDELIVERED), ("99", Status.REJECTED), ("116", Status.DELIVERED),
 ])
 def test_http_codes(code, status) -> None:
+    """PROTOCOLS.md §4.5 (docs/api/http/status.md): `command=receive` answers codes 0 Pending
+    and 1 Sending while AlphaSMS holds the message (accepted by it, not queued with us), and
+    §4.2: `command=delete` of a scheduled message answers "status:Deleted code:10" (canceled)."""
     assert HTTP_CODES[code] == status
     assert map_status(code) == status  # in a hook too: http.php wins the shared code 1
 
@@ -514,7 +517,7 @@ def test_poll_published_answer_and_an_sdk_fixture(alpha) -> None:
                                                         "95 Оператор не поддерживается")
     assert localized.detail == "Оператор не поддерживается"
     assert localized.occurred_at == dt.datetime(2011, 11, 15, 15, 12, 33)
-    assert sending.status == Status.QUEUED  # http.php code 1, not the XML API's "received"
+    assert sending.status == Status.ACCEPTED  # http.php code 1 Sending: AlphaSMS holds it
 
 
 def test_poll_of_every_documented_code(alpha) -> None:

@@ -56,14 +56,15 @@ try:  # AlphaSMS is Ukrainian; its times without an offset are taken as Kyiv tim
 except ZoneInfoNotFoundError:  # no tz database on this host: standard time is close enough
     PROVIDER_TZ = dt.timezone(dt.timedelta(hours=2))
 
-# http.php `command=receive` codes (docs/api/http/status.md, §4.5).
+# http.php `command=receive` codes (docs/api/http/status.md, §4.5). Pending and Sending: the
+# message is AlphaSMS's to deliver, i.e. accepted (our `queued` means not yet handed over).
 HTTP_CODES: dict[str, Status] = {
-    "0": Status.QUEUED,  # Pending
-    "1": Status.QUEUED,  # Sending
+    "0": Status.ACCEPTED,  # Pending
+    "1": Status.ACCEPTED,  # Sending
     "2": Status.SENT,
     "3": Status.DELIVERED,
     "5": Status.EXPIRED,  # Out of touch (subscriber unreachable) [INF]
-    "10": Status.FAILED,  # Deleted (cancelled) [INF]
+    "10": Status.CANCELED,  # Deleted: `command=delete` of a scheduled message answers it
     "50": Status.UNDELIVERED,  # Partially delivered [INF]
     "96": Status.UNDELIVERED,  # Network failure during SMS delivery
     "99": Status.REJECTED,  # Error in the number / Number not in service
