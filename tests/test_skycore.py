@@ -80,8 +80,19 @@ def test_postback_codes(sky, code, text, status, error) -> None:
     ("2", "508", Status.UNDELIVERED), ("3", "1", Status.DELIVERED), ("3", "16", Status.REJECTED),
     ("3", "8", Status.SENT), ("1", "92101", Status.FAILED), ("9", "0", Status.UNKNOWN),
     ("x", "0", Status.UNKNOWN),
+    # Appendix B's other listed failures stay final ...
+    ("2", "404", Status.UNDELIVERED), ("2", "810", Status.UNDELIVERED),
+    ("2", "2019", Status.UNDELIVERED), ("4", "50", Status.UNDELIVERED),
+    ("4", "250", Status.UNDELIVERED),
+    # ... and what the tables do not list is unknown, never a guessed final status
+    ("2", "6", Status.UNKNOWN), ("2", "700", Status.UNKNOWN), ("2", "3000", Status.UNKNOWN),
+    ("4", "17", Status.UNKNOWN), ("4", "118", Status.UNKNOWN), ("4", "300", Status.UNKNOWN),
 ])
 def test_protocol_tables(protocol, code, status) -> None:
+    """PROTOCOLS.md §3.3, Appendix B "SMS Protocol code look up": protocol 2 success 0-5,
+    unsuccessful 4xx, 507-514, 561-569, 810, 811, 815, 1000-1030, 2011, 2017, 2019, 2023;
+    protocol 4 success 0, failures 1-16, 50, 99, 100-117, 200-299. Values outside the tables
+    are `unknown` (the raw value is kept in the event), not a final `undelivered`."""
     assert protocol_status(protocol, code) == status
 
 

@@ -95,7 +95,9 @@ def protocol_status(protocol: str, code: str) -> Status:
             return Status.REJECTED
         if 1000 <= s <= 1030:
             return Status.FAILED
-        return Status.UNDELIVERED
+        if any(low <= s <= high for low, high in _P2_UNDELIVERED):
+            return Status.UNDELIVERED
+        return Status.UNKNOWN  # not in Appendix B: the raw value is kept, nothing is final
     if p == 3:
         return {1: Status.DELIVERED, 2: Status.UNDELIVERED, 4: Status.SENT, 8: Status.SENT,
                 16: Status.REJECTED}.get(s, Status.UNKNOWN)
@@ -104,8 +106,18 @@ def protocol_status(protocol: str, code: str) -> Status:
             return Status.DELIVERED
         if 100 <= s <= 117:
             return Status.REJECTED
-        return Status.UNDELIVERED
+        if any(low <= s <= high for low, high in _P4_UNDELIVERED):
+            return Status.UNDELIVERED
+        return Status.UNKNOWN
     return Status.UNKNOWN
+
+
+# Appendix B's other unsuccessful values (PROTOCOLS.md §3.3): protocol 2 recipient not found
+# (4xx), carrier errors, failed delivery, not acknowledged, deleted by carrier, undeliverable,
+# user not found; protocol 4 account/consumer/capability errors, partial, internal, integration.
+_P2_UNDELIVERED = ((400, 499), (507, 514), (810, 810), (815, 815), (2017, 2017), (2019, 2019),
+                   (2023, 2023))
+_P4_UNDELIVERED = ((1, 16), (50, 50), (99, 99), (200, 299))
 
 
 class SkycoreProvider(Provider):
