@@ -190,10 +190,60 @@ def test_send_errors_are_classified_by_api_code(mob, reply, code, status, perman
     assert f"code {code}" in error.detail
 
 
-def test_wrong_api_server_names_the_right_one(mob) -> None:
-    error = send_error(mob, Reply.error(13, "api.mobizon.ua"))
+@pytest.mark.parametrize("named", ["api.mobizon.ua", "https://api.mobizon.ua",
+                                   "API.MOBIZON.UA/", {"domain": "api.mobizon.ua"}])
+def test_wrong_api_server_moves_to_the_documented_region_host(mob, caplog, named) -> None:
+    """PROTOCOLS.md §1.1: "A wrong domain returns API code 13, and `data` then holds the
+    correct domain"; seen hosts api.mobizon.kz, .ua, .com.br, .gmbh, .uz. The request was
+    refused, so it is asked again (retryable), there, and the operator is told to set base_url."""
+    mob.script(Reply.error(13, named))
+    p = provider(mob.url)
+    with pytest.raises(SendError) as caught:
+        p.send(outbound())
+    error = caught.value
+    assert (error.code, error.permanent, error.provider_side) == ("13", False, True)
+    assert p.endpoint("message", "sendSmsMessage") == (
+        "https://api.mobizon.ua/service/message/sendSmsMessage")
+    assert 'base_url = "https://api.mobizon.ua"' in error.detail
+    assert any("set providers.mobizon.base_url" in r.getMessage() for r in caplog.records)
+    assert KEY not in error.detail and all(KEY not in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("named", ["evil.example.com", "api.mobizon.ua.evil.example",
+                                   "", None, ["api.mobizon.ua"]])
+def test_wrong_api_server_naming_an_unknown_host_is_a_configuration_error(mob, named) -> None:
+    """§1.1: only the documented region hosts; our key travels in the query string, so an
+    answer naming any other host is never followed."""
+    mob.script(Reply.error(13, named))
+    p = provider(mob.url)
+    with pytest.raises(SendError) as caught:
+        p.send(outbound())
+    error = caught.value
     assert (error.code, error.permanent, error.provider_side) == ("13", True, True)
-    assert "api.mobizon.ua" in error.detail
+    assert "not one of its documented region hosts" in error.detail
+    assert p.endpoint("message", "sendSmsMessage").startswith(mob.url)
+
+
+def test_a_poll_told_the_wrong_server_moves_too(mob) -> None:
+    mob.script(Reply.error(13, "api.mobizon.uz"), method="getSMSStatus")
+    p = provider(mob.url)
+    with pytest.raises(PollError) as caught:
+        p.poll([PollTarget(message_id=1, reference="r1", provider_message_id="7", to="+1")])
+    assert "api.mobizon.uz" in str(caught.value)
+    assert p.endpoint("message", "getSMSStatus").startswith("https://api.mobizon.uz/")
+
+
+def test_a_campaign_awaiting_moderation_is_kept_on_the_timeline(mob) -> None:
+    """PROTOCOLS.md §1.3: success `data.status` is 1 = campaign awaiting moderation, 2 = sent
+    without moderation. Status 1 gives a `queued` receipt named MODERATION, explained."""
+    mob.script(Reply(message_id="70000000042", status=1))
+    result = provider(mob.url).send(outbound())
+    [receipt] = result.receipts
+    assert (receipt.status, receipt.raw_status, receipt.provider_message_id) == (
+        Status.QUEUED, "MODERATION", "70000000042")
+    assert "moderation" in provider().explain(receipt.raw_status)
+    mob.script(Reply(message_id="70000000043", status=2))
+    assert provider(mob.url).send(outbound()).receipts == []
 
 
 def test_validation_errors_are_shown(mob) -> None:
@@ -588,3 +638,28 @@ def test_a_bad_sign_is_stored_unauthorized_not_applied_and_replayable(database_u
         # Replay checks the sign again: still forged, still unauthorized, nothing applied.
         again = replay.replay(stored[0], app.extensions["providers"], dry_run=False)
         assert (again.new_verdict, Event.select().count()) == ("unauthorized", 1)
+
+
+def test_moderation_is_an_event_on_the_message_timeline(mob, database_url: str) -> None:
+    """§1.3 status 1 through the sending core: the message is accepted (Mobizon holds it) and
+    its timeline carries the MODERATION event with its explanation."""
+    from conftest import make_config, running
+
+    from tracker import sending
+    from tracker.models import Event, Message
+
+    config = make_config(database_url, providers={"mobizon": {"api_key": KEY,
+                                                              "base_url": mob.url}},
+                         default_provider="mobizon")
+    with running(config) as app:
+        p = app.extensions["providers"]["mobizon"]
+        message = sending.enqueue(sending.NewMessage(to="+380737893456", text="hi",
+                                                     provider="mobizon"), source="api")
+        mob.script(Reply(message_id="70000000044", status=1))
+        sending.record_accepted(message, p.send(outbound()), p)
+        message = Message.get_by_id(message.id)
+        events = [(e.kind, e.raw_status) for e in Event.select().where(
+            Event.message == message.id).order_by(Event.id)]
+        assert message.status == Status.ACCEPTED
+        assert ("receipt", "MODERATION") in events
+        assert "moderation" in p.explain("MODERATION")

@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -47,10 +48,16 @@ from .base import (
 )
 from .timestamps import parse_timestamp
 
+log = logging.getLogger(__name__)
+
 # The API host depends on the region the account was registered in (api.mobizon.kz, .ua,
 # .com.br, .gmbh, .uz; api.mobizon.com is deprecated). A wrong one answers code 13 naming the
 # right one. The default is the host of the live captures PROTOCOLS.md cites.
 API_URL = "https://api.mobizon.kz"
+# The only hosts a code 13 answer may move us to (PROTOCOLS.md §1.1): the key goes in the query
+# string, so following any host an answer names would hand it to whoever that is.
+REGION_HOSTS = frozenset({"api.mobizon.kz", "api.mobizon.ua", "api.mobizon.com.br",
+                          "api.mobizon.gmbh", "api.mobizon.uz"})
 VALIDITY_MINUTES = (60, 1440)  # params[validity] accepts 1 h to 24 h
 # params[deferredToTs]: "no earlier than one hour and no later than 14 days" (seed 000); a
 # minute of margin at the near end, as the request takes time to arrive.
@@ -78,7 +85,10 @@ STATUS_MEANING = {
     "REJECTD": "rejected by the operator (number, text or sender ID)",
     "EXPIRED": "validity expired (phone off, out of coverage or memory full)",
     "DELETED": "deleted because of operator-side restrictions",
+    # Not a status of smsStatus.md: the send answer's `status` 1 (§1.3), kept under this name.
+    "MODERATION": "the campaign is awaiting Mobizon's moderation; sent once approved",
 }
+MODERATION = "MODERATION"
 
 # API codes (_other/apiCode.md, PROTOCOLS.md §1.3) for a send that did not succeed. Validation
 # rejects the message unless it names only our own fields (sender, params); service trouble and
@@ -122,7 +132,26 @@ class MobizonProvider(Provider):
 
     def endpoint(self, module: str, method: str) -> str:
         """The URL of one API method, without the query string."""
-        return f"{self.config['base_url'].rstrip('/')}/service/{module}/{method}"
+        base = getattr(self, "_region_url", None) or self.config["base_url"]
+        return f"{base.rstrip('/')}/service/{module}/{method}"
+
+    def _wrong_server(self, data: Any) -> str:
+        """Code 13: move to the account's region host when Mobizon names a documented one
+        (for this process; the request was refused, so asking again there sends nothing
+        twice), and say what the operator should configure."""
+        named = str(data if not isinstance(data, dict) else
+                    data.get("domain") or data.get("host") or data.get("server") or "")
+        host = named.strip().lower().removeprefix("https://").removeprefix("http://")
+        host = host.split("/", 1)[0]
+        if host not in REGION_HOSTS:
+            return (f"Mobizon says this account's API server is {named[:100]!r}, which is not "
+                    f"one of its documented region hosts ({', '.join(sorted(REGION_HOSTS))}):"
+                    f" set providers.{self.slug}.base_url yourself if it is right")
+        self._region_url = f"https://{host}"
+        log.warning("Mobizon: this account's API server is %s; using it for now, set "
+                    "providers.%s.base_url = \"https://%s\"", host, self.slug, host)
+        return (f"this account's API server is {host}: switched to it for this process (set "
+                f"providers.{self.slug}.base_url = \"https://{host}\")")
 
     def _call(self, module: str, method: str, fields: dict[str, str]) -> httpx.Response:
         """POST one form-encoded API call; the key goes in the query, as documented."""
@@ -160,16 +189,21 @@ class MobizonProvider(Provider):
         if code in ("0", "100"):  # mobizon-php counts 100 (background task) as success too
             message_id = _id(data.get("messageId")) if isinstance(data, dict) else None
             if message_id:
-                return SendResult(provider_message_id=message_id, raw=raw)
+                return SendResult(provider_message_id=message_id, raw=raw,
+                                  receipts=self._moderation(data, message_id))
             # Accepted, but without an id we can neither track it nor safely send it again.
             raise SendError(f"Mobizon code {code} without a messageId", permanent=False,
                             provider_side=True, outcome_unknown=True, code=code, raw=raw)
         detail = f"code {code} ({API_CODE_MEANING.get(code, 'undocumented')})"
         if text:
             detail += f": {text}"
-        if code == "13" and data:
-            detail += f"; this account's API server is {data}"
-        elif code == "1" and data:
+        if code == "13":
+            detail += "; " + self._wrong_server(data)
+            if getattr(self, "_region_url", None):  # refused, not sent: ask again, there
+                raise SendError(detail, permanent=False, provider_side=True, code=code,
+                                raw=raw)
+            raise SendError(detail, permanent=True, provider_side=True, code=code, raw=raw)
+        if code == "1" and data:
             detail += f"; {json.dumps(data, ensure_ascii=False)[:300]}"
         if code in REQUEST_CODES and not _only_account_fields(data):
             raise SendError(detail, permanent=True, status=Status.REJECTED, code=code, raw=raw)
@@ -178,6 +212,15 @@ class MobizonProvider(Provider):
         # Auth, account, configuration, our own settings, undocumented codes (98 and 99 are
         # for bulk calls): retrying here will not help, another provider may.
         raise SendError(detail, permanent=True, provider_side=True, code=code, raw=raw)
+
+    def _moderation(self, data: dict[str, Any], message_id: str) -> list[Receipt]:
+        """Send answer `status` 1: the campaign waits for a moderator (§1.3). Kept as an event
+        on the message's timeline; the message stays accepted, Mobizon holds it."""
+        if str(data.get("status", "")).strip() != "1":
+            return []
+        return [Receipt(provider=self.slug, status=Status.QUEUED, provider_message_id=message_id,
+                        raw_status=MODERATION, detail=STATUS_MEANING[MODERATION],
+                        dedupe_key=f"{message_id}|{MODERATION}")]
 
     # -- webhook -------------------------------------------------------------------------
 
@@ -279,7 +322,8 @@ class MobizonProvider(Provider):
             return  # "record not found": none of these ids is known here
         if code != "0":
             meaning = API_CODE_MEANING.get(code, "undocumented")
-            raise PollError(f"Mobizon getSMSStatus code {code} ({meaning}): {text}")
+            extra = f"; {self._wrong_server(data)}" if code == "13" else ""
+            raise PollError(f"Mobizon getSMSStatus code {code} ({meaning}): {text}{extra}")
         if isinstance(data, dict):  # a PHP array with gaps serializes as an object
             data = list(data.values())
         if not isinstance(data, list):
