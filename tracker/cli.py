@@ -1,4 +1,4 @@
-"""The `tracker` command: serve, worker, db, keys, users, send, callbacks."""
+"""The `tracker` command: serve, worker, db, keys, users, providers, send, callbacks."""
 
 from __future__ import annotations
 
@@ -100,6 +100,32 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
             child.kill()
             child.wait()
     return 0 if stopping else 1
+
+
+@main.group()
+def providers() -> None:
+    """The configured providers."""
+
+
+@providers.command("check")
+@click.argument("slug", required=False)
+def providers_check(slug: str | None) -> None:
+    """Ask each configured provider (or SLUG) whether our host, key and sender are accepted,
+    through its cheapest authenticated call; nothing is sent. Exit 1 if anything is refused."""
+    app = _app()
+    configured = app.extensions["providers"]
+    if slug is not None and slug not in configured:
+        raise click.UsageError(f"{slug!r} is not configured; configured: "
+                               f"{', '.join(sorted(configured))}")
+    refused = False
+    for name, provider in sorted(configured.items()):
+        if slug is not None and name != slug:
+            continue
+        for finding in provider.check():
+            mark = {True: "ok", False: "REFUSED", None: "-"}[finding.ok]
+            refused = refused or finding.ok is False
+            click.echo(f"{name:<10} {finding.subject:<7} {mark:<8} {finding.detail}")
+    sys.exit(1 if refused else 0)
 
 
 @main.command()

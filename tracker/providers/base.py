@@ -186,6 +186,16 @@ class SendError(Exception):
         self.outcome_unknown = outcome_unknown
 
 
+@dataclass(frozen=True)
+class Finding:
+    """One thing `tracker providers check` found: is the host, the key or the sender accepted?
+    `ok` None: the provider offers no way to tell without sending a message."""
+
+    subject: str  # "host", "key", "sender"
+    ok: bool | None
+    detail: str
+
+
 class PollError(Exception):
     """A status request failed as a whole (unreachable, refused, unreadable); try again later."""
 
@@ -346,6 +356,19 @@ class Provider:
         except httpx.HTTPError as exc:
             raise SendError(f"{self.name} request failed: {exc!r}", permanent=False,
                             provider_side=True, code="HTTP_ERROR") from exc
+
+    def check(self) -> list[Finding]:
+        """Ask the provider's cheapest authenticated endpoint (a balance, or the status of an id
+        that does not exist) whether our host, key and sender are accepted. Never sends."""
+        return [Finding("host", None, "no check for this provider yet")]
+
+    def reach(self, method: str, url: str, **kwargs: Any) -> tuple[httpx.Response | None,
+                                                                    list[Finding]]:
+        """A check's request: the answer, or the finding that the host could not be reached."""
+        try:
+            return self.request(method, url, **kwargs), []
+        except SendError as exc:
+            return None, [Finding("host", False, exc.detail)]
 
     def verify(self, request: CallbackRequest) -> str | None:
         """Check a callback's own signature, for providers that sign (the path token is already

@@ -12,6 +12,7 @@ import json
 from ..status import Status
 from .base import (
     CallbackRequest,
+    Finding,
     OutboundMessage,
     ParsedCallback,
     Provider,
@@ -29,6 +30,10 @@ class FakeProvider(Provider):
     name = "Fake (offline)"
     SETTINGS = {"callback_token": Setting(str, secret=True)}
     STATUS_MAP = {s.value: s for s in Status}
+
+    def check(self) -> list[Finding]:
+        """Nothing to ask: the fake provider lives in this process."""
+        return [Finding("host", True, "in this process; nothing leaves it")]
 
     def send(self, message: OutboundMessage) -> SendResult:
         """Accept, and report the outcome at once."""

@@ -34,6 +34,7 @@ import httpx
 from ..status import Status
 from .base import (
     CallbackRequest,
+    Finding,
     OutboundMessage,
     ParsedCallback,
     PollAnswer,
@@ -289,6 +290,34 @@ class MobizonProvider(Provider):
             # report itself is the key, so asking twice about an unchanged message dedupes.
             dedupe_key=event_key or f"{message_id}|{raw_status}|{stamp or ''}",
         )
+
+    # -- checking ------------------------------------------------------------------------
+
+    def check(self) -> list[Finding]:
+        """getSMSStatus for an id that does not exist: code 2 (not found) means the host and
+        the key are right; 8 a refused key; 13 the wrong region host (§1.3)."""
+        host = self.endpoint("message", "getSMSStatus").split("/service/")[0]
+        response, problems = self.reach(
+            "POST", self.endpoint("message", "getSMSStatus"),
+            params={"output": "json", "api": "v1", "apiKey": self.config["api_key"]},
+            data={"ids[0]": "0"})
+        if response is None:
+            return problems
+        envelope = _envelope(response.content)
+        if envelope is None:
+            return [Finding("host", False, f"{host} answered HTTP {response.status_code} "
+                                           "without Mobizon's JSON envelope")]
+        code, data, text = envelope
+        sender = Finding("sender", None, "Mobizon has no documented way to check a sender "
+                                         "without sending")
+        if code in ("0", "2"):
+            return [Finding("host", True, f"{host} answers"),
+                    Finding("key", True, "accepted (a status query for an unknown id)"), sender]
+        if code == "13":
+            return [Finding("host", False, f"code 13: {self._wrong_server(data)}")]
+        meaning = API_CODE_MEANING.get(code, "undocumented")
+        return [Finding("host", True, f"{host} answers"),
+                Finding("key", False, f"code {code} ({meaning}){': ' + text if text else ''}")]
 
     # -- polling -------------------------------------------------------------------------
 

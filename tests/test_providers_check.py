@@ -1,0 +1,72 @@
+"""`tracker providers check [SLUG]`: per provider, whether the host, the key and the sender are
+accepted, through the provider's cheapest authenticated call, run as a user runs it against
+stand-ins speaking the real wire formats. Nothing is sent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from standins.mobizon import MobizonStandIn
+
+KEY = "kz0123456789abcdef0123456789abcdef01234567"
+
+
+def check(tmp_path: Path, *args: str, **providers: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
+    env["TRACKER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'check.sqlite3'}"
+    env["TRACKER_SECRET_KEY"] = "check-test-secret"
+    env["TRACKER_PROVIDERS__FAKE__CALLBACK_TOKEN"] = "fake-token"
+    for slug, settings in providers.items():
+        for key, value in settings.items():
+            env[f"TRACKER_PROVIDERS__{slug.upper()}__{key.upper()}"] = value
+    return subprocess.run([sys.executable, "-m", "tracker.cli", "providers", "check", *args],
+                          env=env, text=True, capture_output=True, timeout=60, check=False)
+
+
+def lines(result: subprocess.CompletedProcess) -> dict[tuple[str, str], str]:
+    out = {}
+    for line in result.stdout.splitlines():
+        slug, subject, mark, *_ = line.split()
+        out[(slug, subject)] = mark
+    return out
+
+
+def test_a_good_key_and_host_pass_and_nothing_is_sent(tmp_path: Path) -> None:
+    with MobizonStandIn(api_key=KEY) as mob:
+        result = check(tmp_path, mobizon={"api_key": KEY, "base_url": mob.url})
+        sent = [r for r in mob.requests if r.method == "sendsmsmessage"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = lines(result)
+    assert found[("mobizon", "host")] == "ok"
+    assert found[("mobizon", "key")] == "ok"
+    assert found[("mobizon", "sender")] == "-"  # not checkable without sending: said so
+    assert found[("fake", "host")] == "ok"
+    assert sent == []
+    assert KEY not in result.stdout + result.stderr
+
+
+def test_a_refused_key_is_named_and_exits_1(tmp_path: Path) -> None:
+    with MobizonStandIn(api_key=KEY) as mob:
+        result = check(tmp_path, "mobizon", mobizon={"api_key": "wrong" + KEY[5:],
+                                                     "base_url": mob.url})
+    assert result.returncode == 1
+    assert lines(result)[("mobizon", "key")] == "REFUSED"
+    assert "code 8" in result.stdout
+    assert "fake" not in result.stdout  # only the provider asked for
+
+
+def test_an_unreachable_host_is_named(tmp_path: Path) -> None:
+    result = check(tmp_path, "mobizon", mobizon={"api_key": KEY,
+                                                 "base_url": "http://127.0.0.1:9"})
+    assert result.returncode == 1
+    assert lines(result)[("mobizon", "host")] == "REFUSED"
+    assert "unreachable" in result.stdout
+
+
+def test_an_unknown_slug_is_a_usage_error(tmp_path: Path) -> None:
+    result = check(tmp_path, "nosuch")
+    assert result.returncode == 2
+    assert "not configured" in result.stderr
