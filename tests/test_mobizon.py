@@ -335,10 +335,15 @@ def test_published_webhook_sample() -> None:
     (" delivrd ", Status.DELIVERED, None),
 ])
 def test_every_documented_status(raw, status, error_code) -> None:
+    """PROTOCOLS.md §1.6 (`_other/smsStatus.md`): NEW, ENQUEUD, ACCEPTD, PDLIVRD, DELIVRD,
+    UNDELIV, REJECTD, EXPIRED, DELETED, each mapped and explained in words; "anything else:
+    unknown (keep raw)", and no made-up explanation for it."""
     body = json.dumps(webhook_event("169275418", raw)).encode()
     [receipt] = parse(provider(), body).receipts
     assert (receipt.status, receipt.raw_status, receipt.error_code) == (
         status, raw.strip().upper(), error_code)
+    explained = provider().explain(receipt.raw_status)
+    assert (explained is None) == (status == Status.UNKNOWN), explained
     if status in (Status.REJECTED, Status.EXPIRED):
         assert receipt.detail
 
