@@ -3,7 +3,7 @@
 perf-baseline.md set the ingest goals (45 % of bare on SQLite, 25 % on Postgres) from this shape
 measured once on another day: one Flask POST route that parses the Skycore postback with
 defusedxml, then stores the raw body and moves the message's status in two hand-written
-statements, on a connection kept per process (SQLite: BEGIN IMMEDIATE behind a mutex + flock;
+statements, on a connection kept per thread (SQLite: BEGIN IMMEDIATE behind a mutex + flock;
 Postgres: one transaction). No event row, no dedupe, no verdict, no timeline, no signature or
 token check: it is the floor of any real callback path, not a product. Measuring it in the same
 run as bare and the tracker tells how much of a gap is the machine (its disk, its gunicorn) and
@@ -37,7 +37,7 @@ UPDATE = ("UPDATE message SET status = ?, status_rank = ?, updated_at = ?"
           " WHERE provider = 'skycore' AND provider_message_id = ? AND status_rank < ?")
 
 app = Flask(__name__)
-_conn: dict[str, Any] = {}
+_conn = threading.local()  # a connection per thread, as the tracker keeps them
 _mutex = threading.Lock()
 
 
@@ -81,11 +81,11 @@ class Postgres:
 
 
 def database() -> Sqlite | Postgres:
-    if "db" not in _conn:  # opened in the worker, never before fork
+    if not hasattr(_conn, "db"):  # opened in the worker's threads, never before fork
         parsed = urlparse(URL)
-        _conn["db"] = (Sqlite(URL[len("sqlite:///"):]) if parsed.scheme == "sqlite"
-                       else Postgres(URL))
-    return _conn["db"]
+        _conn.db = (Sqlite(URL[len("sqlite:///"):]) if parsed.scheme == "sqlite"
+                    else Postgres(URL))
+    return _conn.db
 
 
 @app.post("/callbacks/<provider>/<token>")
