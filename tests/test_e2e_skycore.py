@@ -2,12 +2,14 @@
 
 A message goes in through the JSON API, the worker submits it to the stand-in, the stand-in posts
 the postbacks Skycore would (N201 <POSTBACK>, legacy delivery <NOTIFICATION>, a duplicate of it
-and a late legacy "sent"), and the API shows the whole timeline. SIGTERM then stops everything.
+and a late legacy "sent"; or the v2 JSON ones), and the API shows the whole timeline. SIGTERM
+then stops everything.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +140,62 @@ def test_delivery_receipt_that_beats_the_send_response(database_url: str,
         assert by_kind["submitted"]["status"] == "accepted"
         assert db_rows(database_url, "SELECT count(*) FROM event WHERE message_id IS NULL") == [
             (0,)]
+
+
+def test_v2_json_postbacks_move_a_sent_message_to_delivered(database_url: str,
+                                                          tmp_path: Path) -> None:
+    """PROTOCOLS.md §3.3 Format C: the Messaging API v2 posts its postbacks as
+    "`POST content-type: application/json` with keys `origin`, `code`, `sent-as`, `status`
+    (Sent/Delivered/Failed/Rejected), … `tracking-id`, … `timestamp`" to the same account
+    Postback URL; §3.4: "postback N201 / v2 `Sent` → sent", "postback N202 / v2 `Delivered` →
+    delivered". Through `tracker serve`: v2 N201 makes the message sent, v2 N202 delivered,
+    Skycore's retry of the N202 is a duplicate."""
+    with SkycoreStandIn(api_key=SKYCORE["api_key"]) as sky, tracker_serve(
+        tmp_path, database_url=database_url, skycore_url=sky.url,
+    ) as server:
+        key = server.create_api_key("e2e")
+        with httpx.Client(base_url=server.base_url, timeout=10.0,
+                          headers={"Authorization": f"Bearer {key}"}) as api:
+            created = api.post("/api/v1/messages", json={
+                "to": "+15551234888", "text": "v2 postbacks", "provider": "skycore"})
+            assert created.status_code == 202, created.text
+            ident = created.json()["id"]
+
+            def status() -> tuple[str, dict[str, Any]]:
+                detail = api.get(f"/api/v1/messages/{ident}").json()
+                return detail["status"], detail
+
+            sky.wait_for_requests(1, timeout=15)
+            wait_until(lambda: status()[0] == "accepted", timeout=10,
+                       message="message never became accepted")
+            url = server.callback_url()
+            t0 = dt.datetime.now(dt.UTC)
+            sent = sky.postback_v2("SMS_1", "N201", timestamp=t0 + dt.timedelta(seconds=1))
+            answer = sky.deliver(url, sent)
+            assert (answer.status_code, answer.text.strip()) == (200, "OK applied")
+            assert status()[0] == "sent"
+
+            delivered = sky.postback_v2("SMS_1", "N202", timestamp=t0 + dt.timedelta(seconds=4))
+            answers = [sky.deliver(url, delivered), sky.deliver(url, delivered)]
+            assert [(a.status_code, a.text.strip()) for a in answers] == [
+                (200, "OK applied"), (200, "OK duplicate")]
+            final = wait_until(lambda: (s := status())[0] == "delivered" and s[1], timeout=10,
+                               message="message never became delivered")
+
+        assert [(e["kind"], e["status"], e["applied"], e["raw_status"])
+                for e in final["events"]] == [
+            ("created", "queued", True, None),
+            ("submitted", "accepted", True, None),
+            ("receipt", "sent", True, "N201 Sent"),
+            ("receipt", "delivered", True, "N202 Delivered"),
+        ]
+        assert final["status_at"].startswith(
+            (t0 + dt.timedelta(seconds=4)).strftime("%Y-%m-%dT%H:%M:%S"))
+        callbacks = db_rows(database_url, "SELECT verdict FROM callback ORDER BY id")
+        assert callbacks == [("applied",), ("applied",), ("duplicate",)]
+        [(headers,)] = db_rows(database_url, "SELECT headers FROM callback ORDER BY id LIMIT 1")
+        assert ["Content-Type", "application/json"] in json.loads(headers)
+        assert len(sky.requests) == 1
 
 
 def test_serve_starts_with_tracker_log_level_set(tmp_path: Path) -> None:

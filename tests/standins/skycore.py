@@ -10,13 +10,18 @@ reply was scripted: a `Failure` with ERRORCODE/ERRORINFO, an HTTP error, or a sl
 The postback builders return the bytes Skycore would post (PROTOCOLS.md §3.3): the flat
 `<POSTBACK>` (N201/N202/E201/E202, as skycore-postback-*.xml) and the legacy `<NOTIFICATION>`
 sent and delivery variants (as skycore-notification-*.xml), alone or batched under a wrapper,
-as a raw `text/xml` body or an `xml=` form field.
+as a raw `text/xml` body or an `xml=` form field; and the Messaging API v2's JSON postback
+(Format C: `origin`, `code`, `sent-as`, `status` Sent/Delivered/Failed/Rejected, `from`, `to`,
+`tracking-id`, `operator-id`, `operator-name`, `timestamp`, optional `campaign-ref` and
+`from-mask`), posted as application/json. No v2 sample is stored (PROTOCOLS.md names
+skycore-v2-postback-n201-1.json, samples/ lacks it): its shape is built from §3.3's key list.
 
     with SkycoreStandIn() as sky:
         sky.script(Reply.failure("E106"))          # the next sendSMS is rate limited
         ...                                        # point providers.skycore.base_url at sky.url
         sky.wait_for_requests(1)[0].fields["TO"]
         sky.deliver(callback_url, sky.postback("SMS_1", "N202"))
+        sky.deliver(callback_url, sky.postback_v2("SMS_1", "N202"))  # application/json
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -62,6 +68,14 @@ POSTBACK_STATUS = {
     "N202": "Message Sent/Delivered",
     "E201": "Message Failed",
     "E202": "Message Sent/Failed",
+}
+
+# Postback code -> the `status` word of the v2 JSON form (§3.3 Format C).
+POSTBACK_V2_STATUS = {
+    "N201": "Sent",
+    "N202": "Delivered",
+    "E201": "Failed",
+    "E202": "Rejected",
 }
 
 DEFAULT_TO = "15551234888"
@@ -253,6 +267,16 @@ class SkycoreStandIn(StandIn[SendRequest]):
         return notification_delivery(tracking_id, **kwargs)
 
     @staticmethod
+    def postback_v2(tracking_id: str, code: str = "N201", **kwargs: Any) -> bytes:
+        """The v2 JSON postback (Format C); see `postback_v2()`."""
+        return postback_v2(tracking_id, code, **kwargs)
+
+    @staticmethod
+    def batch_v2(*documents: bytes) -> bytes:
+        """Several v2 JSON postbacks as one JSON array; see `batch_v2()`."""
+        return batch_v2(*documents)
+
+    @staticmethod
     def batch(*documents: bytes, wrapper: str = "POSTBACKS") -> bytes:
         """Several postbacks in one request; see `batch()`."""
         return batch(*documents, wrapper=wrapper)
@@ -265,7 +289,8 @@ class SkycoreStandIn(StandIn[SendRequest]):
     @staticmethod
     def deliver(url: str, document: bytes, *, form: bool = False,
                 timeout: float = 10.0) -> httpx.Response:
-        """POST a postback the way Skycore does (raw text/xml, or xml= form data)."""
+        """POST a postback the way Skycore does (raw text/xml, or xml= form data; a v2 JSON
+        postback as application/json)."""
         return deliver(url, document, form=form, timeout=timeout)
 
 
@@ -324,6 +349,47 @@ def postback(tracking_id: str, code: str = "N201", *, to: str = DEFAULT_TO,
         'xsi:noNamespaceSchemaLocation ="http://www.skycore.com/schema/postback.xsd">'
         f"{inner}\n</POSTBACK>\n"
     ).encode()
+
+
+def _v2_time(when: dt.datetime | None) -> str:
+    """v2 `timestamp`: ISO 8601 in UTC with microseconds (`2021-01-26T18:00:07.990498+00:00`,
+    the v2 pages' example)."""
+    when = when or dt.datetime.now(dt.UTC)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def postback_v2(tracking_id: str, code: str = "N201", *, to: str = DEFAULT_TO,
+                status: str | None = None, timestamp: dt.datetime | None = None,
+                sender: str = "60856", operator_id: str | None = "0001470",
+                operator_name: str | None = "AT&T", campaign_ref: str | None = None,
+                from_mask: str | None = None, origin: str = "SMS_MT",
+                sent_as: str = "SMS") -> bytes:
+    """The v2 JSON postback (§3.3 Format C) for one tracking id, keys in the documented order;
+    `campaign-ref` and `from-mask` only when given ("sent in the postback only if it exists")."""
+    fields: dict[str, str | None] = {
+        "origin": origin,
+        "code": code,
+        "sent-as": sent_as,
+        "status": status if status is not None else POSTBACK_V2_STATUS.get(code, ""),
+        "from": sender,
+        "to": to,
+        "tracking-id": tracking_id,
+        "operator-id": operator_id,
+        "operator-name": operator_name,
+        "timestamp": _v2_time(timestamp),
+        "campaign-ref": campaign_ref,
+        "from-mask": from_mask,
+    }
+    document = {k: v for k, v in fields.items() if v is not None}
+    return json.dumps(document, indent=2).encode()
+
+
+def batch_v2(*documents: bytes) -> bytes:
+    """v2 postbacks as one JSON array. Skycore documents v2 postbacks as posted one at a time
+    (§3.3); the tracker reads an array item by item all the same."""
+    return json.dumps([json.loads(d) for d in documents]).encode()
 
 
 _NOTIFICATION_IDS = itertools.count(325)
@@ -394,9 +460,12 @@ def as_form(document: bytes) -> bytes:
 
 def deliver(url: str, document: bytes, *, form: bool = False,
             timeout: float = 10.0) -> httpx.Response:
-    """POST one postback body; the response is read completely and the connection closed."""
+    """POST one postback body; the response is read completely and the connection closed.
+    A JSON document (a v2 postback, or an array of them) goes as application/json."""
     if form:
         body, content_type = as_form(document), "application/x-www-form-urlencoded"
+    elif document.lstrip()[:1] in (b"{", b"["):
+        body, content_type = document, "application/json"
     else:
         body, content_type = document, "text/xml"
     with httpx.Client(timeout=timeout) as client:

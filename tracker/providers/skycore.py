@@ -1,18 +1,28 @@
-"""Skycore (seed 003, PROTOCOLS.md §3): XML `sendSMS`, XML postbacks in two published forms.
+"""Skycore (seed 003, PROTOCOLS.md §3): XML `sendSMS`; postbacks in two XML forms and v2 JSON.
 
 Send: `<REQUEST><ACTION>sendSMS</ACTION>…` POSTed in the form field `xml`; the answer is
-`<RESPONSE><STATUS>Success|Failure</STATUS>…`. Postbacks arrive as a raw XML body or an `xml=`
-form field, one or several per request: the legacy `<NOTIFICATION>` (attribute case varies,
-delivery carried as `<STATUS PROTOCOL=… STATUS=…/>`) and the flat `<POSTBACK>` (N201/N202/
-E201/E202). Correlation is by TRACKINGID only: the postback's TO may differ from the recipient.
+`<RESPONSE><STATUS>Success|Failure</STATUS>…`. A text must fit one SMS (§3.6: the limit is
+"imposed to prevent the splitting of messages"): 160 GSM-7 units or 70 UCS-2 units, counted by
+`tracker.segments`; a longer one is refused before sending.
+
+Postbacks, all on the account's one Postback URL (§3.3): a raw XML body or an `xml=` form field,
+one or several per request: the legacy `<NOTIFICATION>` (attribute case varies, delivery
+carried as `<STATUS PROTOCOL=… STATUS=…/>`) and the flat `<POSTBACK>` (N201/N202/E201/E202);
+or the Messaging API v2's JSON object (Format C: `tracking-id`, `code`, `status` Sent/
+Delivered/Failed/Rejected, `timestamp`), application/json, documented as posted one at a time
+(an array of them is read item by item all the same). Correlation is by the tracking id only:
+the postback's TO may differ from the recipient.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 from xml.etree.ElementTree import Element
 
 from .. import safexml
+from ..segments import SINGLE, segment
 from ..status import Status
 from .base import (
     CallbackRequest,
@@ -28,7 +38,9 @@ from .timestamps import parse_timestamp
 from .xmlbuild import xml_document
 
 API_URL = "https://secure.skycore.com/API/wxml/1.3/index.php"
-MAX_TEXT = 160  # "SMS message limited to 160 characters" (seed 003)
+# "SMS message limited to 160 characters" (seed 003), "imposed to prevent the splitting of
+# messages into multiple texts" (Appendix D): one SMS, i.e. `segments.SINGLE` of its encoding
+# (160 GSM-7 septets, 70 UCS-2 code units), not 160 Python characters.
 
 # Postback CODE -> status (Appendix D). E202 is refined by its STATUS text below.
 STATUS_MAP: dict[str, Status] = {
@@ -42,6 +54,13 @@ _E202_SUFFIX = {
     "expired": Status.EXPIRED,
     "rejected": Status.REJECTED,
     "notsupported": Status.REJECTED,
+}
+# v2 JSON `status` words (PROTOCOLS.md §3.3 Format C, §3.4), read when a v2 postback has no code.
+V2_STATUS_MAP = {
+    "sent": Status.SENT,
+    "delivered": Status.DELIVERED,
+    "failed": Status.FAILED,
+    "rejected": Status.REJECTED,
 }
 
 # sendSMS error codes (Appendix B, PROTOCOLS.md §3.2/§3.4): permanent ones tied to the request
@@ -139,8 +158,11 @@ class SkycoreProvider(Provider):
 
     def send(self, message: OutboundMessage) -> SendResult:
         """POST sendSMS and read Success/TRACKINGID or Failure/ERRORCODE."""
-        if len(message.text) > MAX_TEXT:
-            raise SendError(f"Skycore accepts at most {MAX_TEXT} characters",
+        shape = segment(message.text)
+        if shape.segments > 1:
+            limit = SINGLE[shape.encoding]
+            raise SendError(f"Skycore sends one SMS only: this text is {shape.units} "
+                            f"{shape.encoding} units, at most {limit} fit",
                             permanent=True, status=Status.REJECTED, code="TEXT_TOO_LONG")
         payload = xml_document("REQUEST", [
             ("ACTION", "sendSMS"),
@@ -199,8 +221,12 @@ class SkycoreProvider(Provider):
     # -- postbacks -----------------------------------------------------------------------
 
     def parse_callback(self, request: CallbackRequest) -> ParsedCallback:
-        """Accept a raw XML body or an `xml=` form field; one or many postbacks."""
+        """Accept a raw XML body or an `xml=` form field (one or many postbacks), or a v2 JSON
+        postback (an object, or an array of them)."""
         parsed = ParsedCallback()
+        if _is_json(request):
+            self._parse_json(request.body, parsed)
+            return parsed
         document = self._xml_bytes(request)
         try:
             root = safexml.parse(document)
@@ -220,6 +246,67 @@ class SkycoreProvider(Provider):
         if not parsed.receipts and not parsed.errors:
             parsed.notes.append(f"no SMS postback in <{_name(root)}>")
         return parsed
+
+    def _parse_json(self, body: bytes, parsed: ParsedCallback) -> None:
+        """v2 JSON postbacks (PROTOCOLS.md §3.3 Format C); never raises for bad input."""
+        try:
+            data = json.loads(body)  # bytes: UTF-8/16/32, a UTF-8 BOM allowed
+        except RecursionError:  # hostile nesting, [[[[…
+            parsed.errors.append("JSON nested too deeply")
+            return
+        except ValueError as exc:  # malformed, invalid UTF-8, an integer over 4,300 digits
+            parsed.errors.append(f"unreadable JSON: {str(exc)[:200]}")
+            return
+        if isinstance(data, dict):
+            self._read_v2(data, parsed, "v2 postback")
+        elif isinstance(data, list):
+            if not data:
+                parsed.notes.append("empty JSON array")
+            for n, item in enumerate(data):
+                if isinstance(item, dict):
+                    self._read_v2(item, parsed, f"v2 postback {n}")
+                else:  # the type only: a repr of a deeply nested item could itself recurse
+                    parsed.errors.append(f"v2 postback {n} is a JSON {_json_type(item)}, "
+                                         f"not an object")
+        else:
+            parsed.errors.append(f"a JSON {_json_type(data)}, not a postback object")
+
+    def _read_v2(self, item: dict[str, Any], parsed: ParsedCallback, where: str) -> None:
+        fields = {key.lower(): value for key, value in item.items()}
+        origin = (_json_text(fields.get("origin")) or "SMS_MT").upper()
+        code = (_json_text(fields.get("code")) or "").upper()
+        text = _json_text(fields.get("status"))
+        tracking_id = _json_text(fields.get("tracking-id"))
+        if origin != "SMS_MT" or (code and (not code.startswith(("N2", "E2")) or code == "N211")):
+            parsed.notes.append(f"ignored {origin} {code or 'without code'}")
+            return
+        if not tracking_id:
+            parsed.errors.append(f"{where} ({code or 'no code'}) without tracking-id")
+            return
+        if code:
+            status = _code_status(code, text)
+        elif text:
+            status = V2_STATUS_MAP.get(text.lower(), Status.UNKNOWN)
+        else:
+            parsed.errors.append(f"{where} for {tracking_id} without code or status")
+            return
+        raw_status = f"{code} {text}" if code and text else code or text or ""
+        if code:  # as for the XML forms: the E-code is the error
+            error_code = code if code.startswith("E") else None
+        else:  # the v2 word alone: a failure keeps it as its error
+            error_code = None if status in (Status.SENT, Status.DELIVERED) else raw_status
+        stamp = _json_text(fields.get("timestamp"))
+        parsed.receipts.append(Receipt(
+            provider=self.slug,
+            status=status,
+            provider_message_id=tracking_id,
+            raw_status=raw_status,
+            error_code=error_code,
+            occurred_at=parse_timestamp(stamp),
+            # As for the XML forms: id, raw status and the provider's time (a resent copy of
+            # one report is the same; a reused "temporary" tracking id is told apart by time).
+            dedupe_key=f"{tracking_id}|{raw_status}|{stamp or ''}",
+        ))
 
     @staticmethod
     def _xml_bytes(request: CallbackRequest) -> bytes:
@@ -268,14 +355,48 @@ class SkycoreProvider(Provider):
             failed = status not in (Status.DELIVERED, Status.SENT)
             return status, raw, f"P{protocol}:{value}" if failed else None, None
         text = safexml.find_text(el, "STATUS")
-        status = self.STATUS_MAP.get(code, Status.UNKNOWN)
-        if code == "E202" and text:
-            suffix = text.rsplit("/", 1)[-1].replace(" ", "").lower()
-            status = _E202_SUFFIX.get(suffix, Status.UNDELIVERED)
+        status = _code_status(code, text)
         details = safexml.find_text(el, "STATUSDETAILS")
         raw = f"{code} {text}" if text else code
         error = code if code.startswith("E") else None
         return status, raw, error, details
+
+
+def _code_status(code: str, text: str | None) -> Status:
+    """A postback CODE's status (Appendix D); E202 refined by its status text, whose last word
+    says how it failed ("Message Sent/Expired"; v2's plain "Rejected")."""
+    status = STATUS_MAP.get(code, Status.UNKNOWN)
+    if code == "E202" and text:
+        suffix = text.rsplit("/", 1)[-1].replace(" ", "").lower()
+        status = _E202_SUFFIX.get(suffix, Status.UNDELIVERED)
+    return status
+
+
+def _is_json(request: CallbackRequest) -> bool:
+    """A v2 JSON postback: the body opens an object or array, or (opening with neither that
+    nor XML) the content type says JSON. Form fields and XML go the XML way."""
+    start = request.body.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
+    if start in (b"{", b"["):
+        return True
+    if start == b"<":
+        return False
+    return "json" in request.content_type.lower()
+
+
+def _json_type(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "boolean"
+    return {str: "string", int: "number", float: "number", list: "array"}.get(type(value),
+                                                                            "value")
+
+
+def _json_text(value: Any) -> str | None:
+    """A JSON string field, stripped (an integer as its digits); anything else is absent."""
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # json.loads already refused integers past 4,300 digits
+    return None
 
 
 def _name(el: Element) -> str:
