@@ -1,9 +1,11 @@
 """End to end, on both databases: `tracker serve` (gunicorn + worker) and the AlphaSMS stand-in.
 
-A message goes in through the JSON API, the worker submits it to http.php with a `hook` URL that
-carries the callback token and our reference, and the stand-in calls that hook in the shapes an
-undocumented hook may take (GET query, JSON body, form body, a second '?'), with a duplicate and
-a late, out-of-order report. The API then shows the whole timeline; SIGTERM stops everything.
+A message goes in through the JSON API, the worker submits it to json.php (the default: the
+`hook` is documented for json.php only, PROTOCOLS.md §4.3/§4.4) with our message id, its lifetime
+and a `hook` URL that carries the callback token and our reference, and the stand-in calls that
+hook in the shapes an undocumented hook may take (GET query, JSON body, form body, a second '?'),
+with a duplicate and a late, out-of-order report. The API then shows the whole timeline; SIGTERM
+stops everything.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import httpx
 from servers import db_rows, tracker_serve, wait_until
-from standins.alphasms import AlphaSmsStandIn, ApiRequest, deliver, http_status, json_status
+from standins.alphasms import AlphaSmsStandIn, deliver, http_status, json_status
 
 API_KEY = "alpha-api-key"
 TOKEN = "alpha-secret-token"
@@ -51,17 +53,21 @@ def test_message_from_api_to_delivered_through_hooks(database_url: str, tmp_path
                 assert response.status_code == 200, response.text
                 return response.json()
 
-            [request] = alpha.wait_for_requests(1, timeout=15)
+            [item] = alpha.wait_for_json_items(1, timeout=15)
             hook_url = f"{server.callback_url('alphasms')}?ref={reference}"
-            assert (request.method, request.transport) == ("POST", "form")
-            assert request.fields == {
-                "version": "http", "key": API_KEY, "command": "send", "from": "Shop.UA",
-                "to": "380501234567", "message": TEXT, "hook": hook_url,
+            [request] = alpha.json_requests
+            assert request["content_type"].startswith("application/json")
+            assert request["body"]["auth"] == API_KEY
+            assert item == {
+                "type": "sms", "id": ident, "phone": 380501234567, "sms_signature": "Shop.UA",
+                "sms_message": TEXT, "sms_lifetime": 172800,  # validity_minutes 2880
+                "hook": hook_url,
             }
             accepted = wait_until(lambda: (d := detail())["status"] == "accepted" and d,
                                   timeout=10, message="message never became accepted")
             gateway_id = accepted["provider_message_id"]
-            assert gateway_id == request.gateway_id == "84523377"
+            assert gateway_id == "84523377"  # json.php's msg_id
+            assert alpha.messages[gateway_id].hook == hook_url
 
             # The hook, as AlphaSMS might call it: sent (GET), delivered (JSON), the delivery
             # again (as form fields this time), then a late "sent" appended with a second '?'.
@@ -105,27 +111,30 @@ def test_message_from_api_to_delivered_through_hooks(database_url: str, tmp_path
         assert [(v, m) for v, m, _ in callbacks] == [
             ("applied", "GET"), ("applied", "POST"), ("duplicate", "POST"), ("ignored", "GET")]
         assert callbacks[0][2].startswith(f"ref={reference}&id={gateway_id}&status=Sent")
-        assert [r.command for r in alpha.requests] == ["send"]  # sent once, never again
+        # Sent once, through json.php, never again; nothing went to http.php.
+        assert (len(alpha.json_requests), alpha.requests) == (1, [])
 
         server.stop()  # SIGTERM: exits within 15 s, gunicorn and the worker gone with it
 
 
 def test_hook_that_beats_the_send_answer_is_matched_by_reference(database_url: str,
                                                                  tmp_path: Path) -> None:
-    """AlphaSMS calls the hook before the worker has read `id:…`: with no gateway id known yet,
-    the ref in the hook URL still finds the message, so the report applies at once."""
+    """AlphaSMS calls the hook before the worker has read json.php's `msg_id`: with no gateway
+    id known yet, the ref in the hook URL still finds the message, so the report applies at
+    once."""
     with AlphaSmsStandIn(api_key=API_KEY) as alpha, tracker_serve(
         tmp_path, database_url=database_url, providers={"alphasms": settings(alpha.url)},
         default_provider="alphasms",
     ) as server:
         early: list[tuple[int, str]] = []
 
-        def hook_first(request: ApiRequest) -> None:
+        def hook_first(body: dict[str, Any]) -> None:
             # Only the status and our ref: no id at all in the body.
-            answer = deliver(request["hook"] or "", {"status": "DELIVERED"})
-            early.append((answer.status_code, answer.text.strip()))
+            for item in body["data"]:
+                answer = deliver(item["hook"], {"status": "DELIVERED"})
+                early.append((answer.status_code, answer.text.strip()))
 
-        alpha.on_request = hook_first
+        alpha.on_json_request = hook_first
         key = server.create_api_key("e2e")
         with httpx.Client(base_url=server.base_url, timeout=10.0,
                           headers={"Authorization": f"Bearer {key}"}) as api:
@@ -133,7 +142,7 @@ def test_hook_that_beats_the_send_answer_is_matched_by_reference(database_url: s
                                                          "text": "early bird"})
             assert created.status_code == 202, created.text
             ident = created.json()["id"]
-            alpha.wait_for_requests(1, timeout=15)
+            alpha.wait_for_json_items(1, timeout=15)
             final = wait_until(
                 lambda: (d := api.get(f"/api/v1/messages/{ident}").json())["provider_message_id"]
                 and d, timeout=10, message="the send answer was never recorded")

@@ -1,8 +1,14 @@
-"""An AlphaSMS stand-in: a real HTTP server on loopback that speaks `/api/http.php`.
+"""An AlphaSMS stand-in: a real HTTP server on loopback that speaks `/api/json.php` and
+`/api/http.php`.
 
-It takes requests the ways the seed allows (PROTOCOLS.md §4.2): GET with URL parameters or POST
-with form fields, and records every field as sent (version, key or login/pass, command, from,
-to, message, hook, id…). `command=send` answers `id:N sms_count:K` (space-separated as in the
+json.php (PROTOCOLS.md §4.3) takes `{"auth", "data": [items]}` POSTed as JSON and answers each
+"sms" item on its own (`msg_id`, or `success: false` with the error: sender `BADNAME` is refused
+as "Error in Alpha-name"), the request as a whole only for a wrong key ("Access denied") or a
+body that is not JSON; it stores each message with the `hook` URL its item carried.
+
+http.php takes requests the ways the seed allows (PROTOCOLS.md §4.2): GET with URL parameters
+or POST with form fields, and records every field as sent (version, key or login/pass, command,
+from, to, message, hook, id…). `command=send` answers `id:N sms_count:K` (space-separated as in the
 seed; newline- or comma-separated on request, as SDKs show) and stores the message with the
 `hook` URL it carried; `command=receive&id=` answers `status:<text> code:<n> status_time:<t>`
 (docs/api/http/status.md) or `errors:SMS not found`. What real AlphaSMS refuses whatever is
@@ -15,9 +21,10 @@ status item (`msg_id type status date_completed`), as GET query parameters (appe
 or naively with a second `?`), a JSON body or form fields.
 
     with AlphaSmsStandIn(api_key="k") as alpha:
-        alpha.script(Reply.errors("Not enough money"))   # the next send fails
+        alpha.script(Reply.error("Not enough money"))    # the next http.php send fails
         ...                                               # point providers.alphasms.base_url here
-        [req] = alpha.wait_for_requests(1); req["hook"]
+        [item] = alpha.wait_for_json_items(1); item["hook"]   # json.php (the default)
+        [req] = alpha.wait_for_requests(1); req["hook"]       # http.php
         alpha.call_hook(req.gateway_id, alpha.json_status(req.gateway_id, "DELIVERED"))
 """
 
@@ -163,7 +170,7 @@ def _fields(text: str) -> dict[str, str]:
 class AlphaSmsStandIn(StandIn[ApiRequest]):
     """The stand-in server; use as a context manager (or start()/stop()).
 
-    `url` is the http.php endpoint, for providers.alphasms.base_url."""
+    `url` is the http.php endpoint, for providers.alphasms.base_url (json.php is beside it)."""
 
     handler_class = _Handler
     thread_name = "alphasms-stand-in"
@@ -178,6 +185,8 @@ class AlphaSmsStandIn(StandIn[ApiRequest]):
         # Called with each send request before it is answered (e.g. to call the hook before
         # the answer). Exceptions are kept in hook_errors, and the answer is a 500.
         self.on_request: Callable[[ApiRequest], None] | None = None
+        # The same for json.php: called with each request's parsed body before it is answered.
+        self.on_json_request: Callable[[dict[str, Any]], None] | None = None
         self.messages: dict[str, StoredMessage] = {}
         self._script: deque[Reply] = deque()
         self._receive_script: deque[Reply] = deque()
@@ -276,6 +285,9 @@ class AlphaSmsStandIn(StandIn[ApiRequest]):
             self.json_requests.append({"content_type": content_type, "body": data,
                                        "received_at": time.monotonic()})
             reply = self._json_script.popleft() if self._json_script else None
+        if isinstance(data, dict) and self._hook_failed(handler, self.on_json_request, data,
+                                                        "application/json"):
+            return
         if reply is not None and reply.delay:
             self._stopping.wait(reply.delay)
         if reply is not None and reply.kind in ("http", "raw"):
@@ -313,6 +325,12 @@ class AlphaSmsStandIn(StandIn[ApiRequest]):
         with self._lock:
             return [item for r in self.json_requests if isinstance(r["body"], dict)
                     for item in r["body"].get("data") or []]
+
+    def wait_for_json_items(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Block until json.php received at least `count` items."""
+        return self._wait_for(self.json_items, count, timeout, lambda: (
+            f"stand-in saw {len(self.json_items())} json.php items, expected {count} "
+            f"within {timeout} s"))
 
     def _status_answer(self, gateway_id: str) -> bytes:
         with self._lock:

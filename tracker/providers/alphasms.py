@@ -1,12 +1,17 @@
-"""AlphaSMS (seed 004, PROTOCOLS.md §4): plain-text `http.php`, a per-message `hook`, polling.
+"""AlphaSMS (seed 004, PROTOCOLS.md §4): `json.php` (default) or plain-text `http.php`, a
+per-message `hook`, polling.
 
-Send: `command=send` POSTed form-encoded to `/api/http.php` (the seed allows GET or POST, and
-POST keeps the key and the text out of URL logs). The answer is `key:value` tokens,
-`id:84523377 sms_count:1` or `errors:…`; SDKs show them separated by spaces, newlines or commas
-(§4.2), so tokens are found by their known keys, and a value may contain spaces.
-
-http.php has no per-message lifetime (json.php's `sms_lifetime`), so `validity` is not sent;
-nor is `ask_date`: the core schedules messages itself.
+Send: by default through `/api/json.php` (§4.3): up to JSON_BATCH messages per request, each
+with our numeric message id, `sms_lifetime` and the `hook` URL, and a `success` per item. The
+`hook` is documented for json.php alone, so a message sent through http.php may never get one.
+json.php authenticates with the API key only: an account configured with just `login` and
+`password` (and no explicit `api`) sends through http.php, with a warning. `api = "http"` sends
+through http.php always: `command=send` POSTed form-encoded to `/api/http.php` (the seed allows
+GET or POST, and POST keeps the key and the text out of URL logs). Its answer is `key:value`
+tokens, `id:84523377 sms_count:1` or `errors:…`; SDKs show them separated by spaces, newlines or
+commas (§4.2), so tokens are found by their known keys, and a value may contain spaces. http.php
+has no per-message lifetime, so `validity` is not sent there; `ask_date` is never sent (the
+core schedules messages itself).
 
 Status push: the `hook` payload is documented nowhere (§4.4, open question 1). Each message's
 hook URL therefore carries the callback token in its path (checked by the core) and our reference
@@ -14,7 +19,10 @@ in `?ref=` (correlation), so a hook is authenticated and matched whatever its bo
 The body is read as JSON, XML, form fields or query parameters, and the status is taken from any
 of the field names the three published vocabularies use: http.php `code`/`status`, the JSON
 API's status names, the XML API's numeric codes. Polling `command=receive&id=` (one id per
-request) backs this up.
+request, http.php with the key or login) backs this up.
+
+Explanations: every documented status word, status code and send error text (§4.2-4.5) has
+plain words for the dashboard (`explain`); a value not listed is shown raw.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import re
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -47,6 +56,8 @@ from .base import (
 )
 from .timestamps import parse_timestamp
 
+log = logging.getLogger(__name__)
+
 API_URL = "https://alphasms.ua/api/http.php"  # API_URL of the alphasms.ua build (§4.1)
 JSON_BATCH = 50  # messages per json.php request (the docs set no limit; a modest body)
 LIFETIME_MIN, LIFETIME_MAX = 3600, 259200  # sms_lifetime bounds, seconds (§4.3)
@@ -70,12 +81,110 @@ HTTP_CODES: dict[str, Status] = {
     "99": Status.REJECTED,  # Error in the number / Number not in service
     "116": Status.DELIVERED,  # Read (Viber only)
 }
+# What each code and word means, in plain words for the dashboard (`explain`). http.php codes
+# (§4.5) first; the XML API's numbers (§4.5) share only 1 with them, and 1 means "not with the
+# operator yet" in both.
 HTTP_CODE_TEXTS = {
-    "0": "pending at AlphaSMS", "1": "being sent", "2": "sent to the operator",
-    "3": "delivered", "5": "subscriber out of touch (unreachable) until validity ran out",
-    "10": "deleted (cancelled)", "50": "partially delivered",
-    "96": "network failure during delivery", "99": "error in the number, or not in service",
-    "116": "read (Viber)",
+    "0": "pending at AlphaSMS, not sent yet",
+    "1": "received by AlphaSMS and being sent (not with the operator yet)",
+    "2": "sent to the operator; a delivery report may follow",
+    "3": "delivered to the handset",
+    "5": "subscriber out of touch (unreachable) until validity ran out",
+    "10": "deleted at AlphaSMS before it was sent (a scheduled message canceled)",
+    "50": "partially delivered: not every part of the message arrived",
+    "96": "the network failed while delivering it",
+    "99": "error in the number, or not in service",
+    "116": "read by the recipient (Viber)",
+}
+# XML API codes: message statuses (message_status_codes.md) and errors. 200-212 are also the
+# request-level errors, with other meanings for 201 and 202 (§4.5), so those say both.
+XML_CODE_TEXTS = {
+    "100": "scheduled at AlphaSMS for a later send (SCHEDULED)",
+    "101": "sent to the operator, on its way to the handset (ENROUTE)",
+    "102": "delivered to the handset (DELIVERED)",
+    "103": "validity ran out before it could be delivered (EXPIRED)",
+    "104": "deleted at AlphaSMS; it will not be delivered (DELETED)",
+    "105": "the operator could not deliver it (UNDELIVERABLE)",
+    "106": "marked read on the subscriber's behalf by the operator's customer service "
+           "(ACCEPTED)",
+    "107": "the operator reported no clear outcome (UNKNOWN)",
+    "108": "rejected by the operator's delivery interface (REJECTED)",
+    "109": "discarded by AlphaSMS, never sent (DISCARDED)",
+    "110": "being sent by AlphaSMS (SENDING)",
+    "111": "the recipient's operator is not supported; not billed (NOT_SUPPORTED)",
+    "112": "the operator (Lifecell, Ukraine) does not accept this sender name "
+           "(WRONG_ALPHANAME)",
+    "113": "the operator (Lifecell, Ukraine) returned it: wrong sender name "
+           "(WRONG_ALPHANAME_RETURNED)",
+    "200": "unknown error at AlphaSMS (ERR_UNKNOWN)",
+    "201": "AlphaSMS refused the message id (ERR_ID); for a whole request: a format error",
+    "202": "the sender name was refused (ERR_SENDER); for a whole request: authorization "
+           "failed (check api_key)",
+    "203": "the recipient's number is not valid (ERR_RECIPIENT)",
+    "204": "the text is empty or too long (ERR_LENGTH)",
+    "205": "the AlphaSMS user account is disabled",
+    "206": "billing problem on the AlphaSMS account, e.g. not enough money (ERR_BILLING)",
+    "207": "a limit of the AlphaSMS account was exceeded (ERR_OVERLIMIT)",
+    "208": "this message id was already used on the account (ERR_DUPLICATE)",
+    "209": "the API is disabled on the AlphaSMS account",
+    "210": "AlphaSMS does not accept requests from this IP address",
+    "211": "AlphaSMS could not delete the message (ERR_DELETE)",
+    "212": "too many requests: AlphaSMS throttled us, so it is sent again later",
+}
+CODE_TEXTS = {**XML_CODE_TEXTS, **HTTP_CODE_TEXTS}
+# Status words (keys as `_word()` spells them): the JSON API's statuses, the XML API's names and
+# the http.php texts (§4.5), then the send error texts (§4.2, §4.3) and this module's own codes.
+WORD_TEXTS = {
+    # JSON API statuses (references/message_statuses.md)
+    "ACCEPTED": "marked read on the subscriber's behalf by the operator's customer service",
+    "DELETED": "deleted at AlphaSMS; it will not be delivered",
+    "DELIVERED": "delivered to the handset",
+    "EXPIRED": "validity ran out before it could be delivered",
+    "FILTERED": "blocked by a filter (text or recipient); not sent",
+    "INVALID DESTINATION ADDRESS": "the recipient's number is not valid",
+    "INVALID SOURCE ADDRESS": "the sender name is not valid",
+    "NO ROUTE": "AlphaSMS has no route to the recipient's operator",
+    "PARTIALLY DELIVERED": "partially delivered: not every part of the message arrived",
+    "QUEUED": "in line for sending at AlphaSMS",
+    "READ": "read by the recipient (Viber)",
+    "REJECTED": "rejected by the operator's delivery interface",
+    "REPLIED": "the recipient replied (Viber two-way)",
+    "ROUTING": "AlphaSMS is choosing a route for it",
+    "SIM FULL": "the recipient's SIM card memory is full",
+    "UNDELIVERABLE": "the operator could not deliver it",
+    "UNKNOWN": "the operator reported no clear outcome",
+    # XML API names (message_status_codes.md)
+    "SCHEDULED": XML_CODE_TEXTS["100"], "ENROUTE": XML_CODE_TEXTS["101"],
+    "DISCARDED": XML_CODE_TEXTS["109"], "SENDING": "being sent by AlphaSMS",
+    "NOT SUPPORTED": XML_CODE_TEXTS["111"], "WRONG ALPHANAME": XML_CODE_TEXTS["112"],
+    "WRONG ALPHANAME RETURNED": XML_CODE_TEXTS["113"], "ERR UNKNOWN": XML_CODE_TEXTS["200"],
+    "ERR ID": "AlphaSMS refused the message id (ERR_ID)",
+    "ERR SENDER": "the sender name was refused (ERR_SENDER)",
+    "ERR RECIPIENT": XML_CODE_TEXTS["203"], "ERR LENGTH": XML_CODE_TEXTS["204"],
+    "ERR BILLING": XML_CODE_TEXTS["206"], "ERR OVERLIMIT": XML_CODE_TEXTS["207"],
+    "ERR DUPLICATE": XML_CODE_TEXTS["208"], "ERR DELETE": XML_CODE_TEXTS["211"],
+    # http.php texts (docs/api/http/status.md)
+    "PENDING": HTTP_CODE_TEXTS["0"], "SENT": HTTP_CODE_TEXTS["2"],
+    "OUT OF TOUCH": HTTP_CODE_TEXTS["5"],
+    "NETWORK FAILURE DURING SMS DELIVERY": HTTP_CODE_TEXTS["96"],
+    "ERROR IN THE NUMBER": "error in the number: it is not a valid recipient",
+    "NUMBER NOT IN SERVICE": "the number is not in service",
+    "READ (VIBER ONLY)": HTTP_CODE_TEXTS["116"],
+    # send errors: http.php (§4.2), json.php (§4.3), Net::SMS::AlphaSMS's missing recipient
+    "WRONG LOGIN/PASSWORD": "AlphaSMS refused our credentials: check api_key, or login and "
+                            "password",
+    "UNKNOWN COMMAND": "AlphaSMS did not understand the request (unknown command): an "
+                       "integration fault, so the message fails over",
+    "ACCESS DENIED": "json.php refused the API key (access denied): check api_key",
+    "ERROR IN ALPHA NAME": "the sender name (alpha name) is wrong or not registered for this "
+                           "account",
+    "PLEASE ENTER VALID RECEIVER PHONE NUMBER": "the recipient's number is not valid",
+    # this module's own codes for answers that leave the outcome open
+    "UNREADABLE": "AlphaSMS's answer could not be read; it may have taken the message, so it "
+                  "is not sent again",
+    "NO ITEM": "json.php answered without this message; it may have taken it, so it is not "
+               "sent again",
+    "NO MSG ID": "json.php accepted it without a message id; it is not sent again",
 }
 # XML API message status codes (message_status_codes.md, §4.5).
 XML_CODES: dict[str, Status] = {
@@ -189,12 +298,48 @@ def classify_error(errors: list[str], raw: str) -> SendError:
                      provider_side=provider_side)
 
 
+def _word(value: str) -> str:
+    """A status word or error text as the tables spell it: `sim_full` -> `SIM FULL`."""
+    return " ".join(value.upper().replace("_", " ").replace("-", " ").split())
+
+
+def _is_number(value: str) -> bool:
+    return value.isascii() and value.isdigit()  # not "²": int() refuses what isdigit() takes
+
+
 def map_status(value: str, *, xml: bool = False) -> Status | None:
     """A status word or number from any AlphaSMS vocabulary, or None when not known."""
     value = value.strip()
-    if value.isascii() and value.isdigit():  # not "²": int() refuses what isdigit() takes
+    if _is_number(value):
         return (XML_CODES if xml else CODES).get(str(int(value)))
-    return STATUS_MAP.get(" ".join(value.upper().replace("_", " ").replace("-", " ").split()))
+    return STATUS_MAP.get(_word(value))
+
+
+def explain(value: str | None) -> str | None:
+    """Plain words for a raw status or error code as this module stores it, or None.
+
+    Raw statuses are a word (`SIM FULL`, `sim_full`), a code (`99`), a poll's code and text
+    (`5 Out of touch`, `3 Доставлено`), a hook's fields joined (`200 DELIVERED`); error codes
+    are a code, a word or a send error text, several joined by "; ". The words decide, then a
+    leading code (as when the status was mapped); a number inside other text means nothing."""
+    if not value or not value.strip():
+        return None
+    if whole := _explain_one(value):
+        return whole
+    meanings = (_explain_one(part) for part in value.split(";") if ";" in value)
+    return "; ".join(dict.fromkeys(m for m in meanings if m)) or None
+
+
+def _explain_one(value: str) -> str | None:
+    value = value.strip()
+    if _is_number(value):
+        return CODE_TEXTS.get(str(int(value)))
+    if found := WORD_TEXTS.get(_word(value)):
+        return found
+    first, _, rest = value.partition(" ")
+    if _is_number(first) and rest.strip():
+        return WORD_TEXTS.get(_word(rest)) or CODE_TEXTS.get(str(int(first)))
+    return None
 
 
 def parse_time(text: str | None) -> dt.datetime | None:
@@ -217,7 +362,7 @@ def _summary(fields: dict[str, str], limit: int = 500) -> str:
 
 
 class AlphaSmsProvider(Provider):
-    """AlphaSMS HTTP API (`/api/http.php`)."""
+    """AlphaSMS: `/api/json.php` (default) or `/api/http.php` to send, hooks, polling."""
 
     slug = "alphasms"
     name = "AlphaSMS"
@@ -228,11 +373,12 @@ class AlphaSmsProvider(Provider):
         "password": Setting(str, secret=True),  # sent as `pass`
         "sender": Setting(str, required=True),
         "callback_token": Setting(str, secret=True),  # unset = no hook, polling only
-        # "http": http.php, one message per request; "json": json.php, up to JSON_BATCH
-        # messages per request, with sms_lifetime (§4.3). json.php is found beside base_url.
-        "api": Setting(str, default="http"),
+        # "json": json.php, up to JSON_BATCH messages per request, with sms_lifetime and the
+        # hook (§4.3); found beside base_url. "http": http.php, one message per request, no
+        # documented hook. Unset: "json", or "http" when there is no api_key (login only).
+        "api": Setting(str),
     }
-    EXPLANATIONS = HTTP_CODE_TEXTS
+    EXPLANATIONS = {**CODE_TEXTS, **WORD_TEXTS}  # keys as `_word()` spells them
     STATUS_MAP = STATUS_MAP
     CALLBACK_METHODS = ("GET", "POST")  # the hook's method is not documented
     POLL_BATCH = 1  # `command=receive` takes one id
@@ -243,6 +389,8 @@ class AlphaSmsProvider(Provider):
         out = super().validate(config)
         if not out.get("api_key") and not (out.get("login") and out.get("password")):
             raise ConfigError(f"providers.{cls.slug}.api_key: required (or login and password)")
+        if not out["api"]:  # unset (or empty): json.php, which takes the API key only
+            out["api"] = "json" if out.get("api_key") else "http"
         if out["api"] not in ("http", "json"):
             raise ConfigError(f'providers.{cls.slug}.api: "http" or "json", got {out["api"]!r}')
         if out["api"] == "json" and not out.get("api_key"):
@@ -254,6 +402,15 @@ class AlphaSmsProvider(Provider):
         super().__init__(config, public_base_url)
         # json.php takes several messages per request: the dispatcher sends them together.
         self.SEND_BATCH = JSON_BATCH if self.config["api"] == "json" else 1
+        if self.config["api"] == "http" and not config.get("api"):
+            log.warning("providers.%s: no api_key, so messages go through http.php (login and "
+                        "password), for which the delivery hook is not documented: statuses "
+                        "may come from polling alone. Set api_key to send through json.php, or "
+                        'api = "http" to keep http.php without this warning', self.slug)
+
+    def explain(self, code: str | None) -> str | None:
+        """Plain words for a raw status or error code (module function `explain`)."""
+        return explain(code)
 
     @property
     def json_url(self) -> str:
