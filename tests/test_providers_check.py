@@ -70,3 +70,36 @@ def test_an_unknown_slug_is_a_usage_error(tmp_path: Path) -> None:
     result = check(tmp_path, "nosuch")
     assert result.returncode == 2
     assert "not configured" in result.stderr
+
+
+def test_skycore_is_asked_for_sending_statistics_not_a_send(tmp_path: Path) -> None:
+    """PROTOCOLS.md §3.5: getSendingStatus is an authenticated call that sends nothing."""
+    from standins.skycore import SkycoreStandIn
+
+    with SkycoreStandIn(api_key="sky-key") as sky:
+        settings = {"shortcode": "60856", "callback_token": "t", "base_url": sky.url}
+        good = check(tmp_path, "skycore", skycore={**settings, "api_key": "sky-key"})
+        bad = check(tmp_path, "skycore", skycore={**settings, "api_key": "other"})
+        actions = [r.fields["ACTION"] for r in sky.requests]
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert lines(good)[("skycore", "key")] == "ok"
+    assert bad.returncode == 1
+    assert lines(bad)[("skycore", "key")] == "REFUSED" and "E104" in bad.stdout
+    assert actions == ["getSendingStatus", "getSendingStatus"]
+
+
+def test_alphasms_is_asked_for_its_balance(tmp_path: Path) -> None:
+    """PROTOCOLS.md §4.2: http.php `command=balance`; refusals come as `errors:` lines."""
+    from standins.alphasms import AlphaSmsStandIn
+
+    with AlphaSmsStandIn(api_key="al-key") as alpha:
+        good = check(tmp_path, "alphasms", alphasms={"api_key": "al-key", "sender": "Shop",
+                                                     "base_url": alpha.url})
+        bad = check(tmp_path, "alphasms", alphasms={"api_key": "other", "sender": "Shop",
+                                                    "base_url": alpha.url})
+        commands = [r.command for r in alpha.requests]
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert lines(good)[("alphasms", "key")] == "ok" and "125.40" in good.stdout
+    assert bad.returncode == 1
+    assert lines(bad)[("alphasms", "key")] == "REFUSED"
+    assert commands == ["balance", "balance"]

@@ -261,6 +261,8 @@ class AlphaSmsStandIn(StandIn[ApiRequest]):
             return 200, reply.separator.join(f"errors:{e}" for e in reply.errors).encode()
         if request.command == "receive":
             return 200, self._status_answer(request["id"] or "")
+        if request.command == "balance":  # §4.2: key:value pairs, like every http.php answer
+            return 200, b"balance:125.40 currency:UAH"
         separator = reply.separator if reply is not None else " "
         fields = request.fields
         assert request.gateway_id is not None

@@ -216,6 +216,11 @@ class SkycoreStandIn(StandIn[SendRequest]):
         if reply.delay:
             self._stopping.wait(reply.delay)
         to = (request.fields.get("TO") or "").strip()
+        if refusal is None and (request.fields.get("ACTION") or "").lower() == "getsendingstatus":
+            # §3.5: a URL to the XML report file of the period (its contents are not served)
+            handler.send_bytes(200, _xml("RESPONSE", [
+                ("STATUS", "Success"), ("URL", f"{self.url}/reports/statistics.xml")]))
+            return
         if refusal is not None:
             handler.send_bytes(200, _response_failure(*refusal, to))
         elif reply.kind == "http":
@@ -235,12 +240,14 @@ class SkycoreStandIn(StandIn[SendRequest]):
             return "E108", f"XML parse error: {request.parse_error}"
         if not (f["ACTION"] or "").strip():
             return "E101", ERROR_INFO["E101"]
-        if (f["ACTION"] or "").strip().lower() != "sendsms":
+        if (f["ACTION"] or "").strip().lower() not in ("sendsms", "getsendingstatus"):
             return "E101", f"unknown action {f['ACTION']!r}"
         if not (f["API_KEY"] or "").strip():
             return "E102", ERROR_INFO["E102"]
         if self.api_key is not None and f["API_KEY"] != self.api_key:
             return "E104", ERROR_INFO["E104"]
+        if (f["ACTION"] or "").strip().lower() == "getsendingstatus":
+            return None
         if not (f["TO"] or "").strip():
             return "E201", ERROR_INFO["E201"]
         if not (f["TEXT"] or "").strip():

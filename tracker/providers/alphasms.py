@@ -42,6 +42,7 @@ from ..errors import ConfigError
 from ..status import Status
 from .base import (
     CallbackRequest,
+    Finding,
     OutboundMessage,
     ParsedCallback,
     PollAnswer,
@@ -430,6 +431,28 @@ class AlphaSmsProvider(Provider):
         if self.config.get("api_key"):
             return {"version": "http", "key": self.config["api_key"]}
         return {"version": "http", "login": self.config["login"], "pass": self.config["password"]}
+
+    # -- checking ------------------------------------------------------------------------
+
+    def check(self) -> list[Finding]:
+        """http.php `command=balance` (§4.2) with our credentials: an `errors:` line names what
+        was refused; a balance means the host and the credentials are right."""
+        response, problems = self.reach("POST", self.config["base_url"],
+                                        data={**self._auth(), "command": "balance"})
+        if response is None:
+            return problems
+        tokens = parse_answer(response.text)
+        errors = tokens.get("errors") or []
+        host = Finding("host", True, f"{self.config['base_url']} answers")
+        if response.status_code >= 400 or (not errors and "balance" not in tokens):
+            return [Finding("host", False, f"{self.config['base_url']} answered HTTP "
+                                           f"{response.status_code}: {response.text[:100]!r}")]
+        if errors:
+            return [host, Finding("key", False, "; ".join(errors)[:300])]
+        balance = " ".join(tokens["balance"] + tokens.get("currency", []))
+        return [host, Finding("key", True, f"accepted (balance {balance})"),
+                Finding("sender", None, "AlphaSMS has no documented way to check a sender "
+                                        "without sending")]
 
     # -- sending -------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ the postback's TO may differ from the recipient.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from typing import Any
@@ -26,6 +27,7 @@ from ..segments import SINGLE, segment
 from ..status import Status
 from .base import (
     CallbackRequest,
+    Finding,
     OutboundMessage,
     ParsedCallback,
     Provider,
@@ -217,6 +219,44 @@ class SkycoreProvider(Provider):
         # here, but another provider may take the message.
         raise SendError(detail, permanent=True, status=Status.FAILED, code=code or None, raw=raw,
                         provider_side=True)
+
+    # -- checking ------------------------------------------------------------------------
+
+    def check(self) -> list[Finding]:
+        """`getSendingStatus` (§3.5) for the last minute: an authenticated call that sends
+        nothing. Success, or a complaint about the dates or the rate, means the key passed."""
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        payload = xml_document("REQUEST", [
+            ("ACTION", "getSendingStatus"),
+            ("API_KEY", self.config["api_key"]),
+            ("START_DATE", (now - dt.timedelta(minutes=1)).strftime("%Y-%m-%d %H:%M:%S")),
+            ("END_DATE", now.strftime("%Y-%m-%d %H:%M:%S")),
+        ])
+        response, problems = self.reach("POST", self.config["base_url"], data={"xml": payload})
+        if response is None:
+            return problems
+        base = self.config["base_url"]
+        try:
+            root = safexml.parse(response.content)
+            outcome = (safexml.find_text(root, "STATUS") or "").lower()
+        except safexml.XMLRefused:
+            outcome = ""
+        if outcome not in ("success", "failure"):
+            return [Finding("host", False, f"{base} answered HTTP {response.status_code} "
+                                           "without Skycore's XML")]
+        host = Finding("host", True, f"{base} answers")
+        sender = Finding("sender", None, "Skycore has no documented way to check a shortcode "
+                                         "without sending")
+        if outcome == "success":
+            return [host, Finding("key", True, "accepted (getSendingStatus)"), sender]
+        code = (safexml.find_text(root, "ERRORCODE") or "").upper()
+        info = safexml.find_text(root, "ERRORINFO") or ""
+        if code in ("E106", "E506", "E507", "E508", "E509", "E510"):
+            return [host, Finding("key", True, f"accepted ({code}: {info})"), sender]
+        if code == "E107":  # this action only: sending may still be allowed
+            return [host, Finding("key", None, f"{code}: {info} (not this action; sending "
+                                               "may still be allowed)"), sender]
+        return [host, Finding("key", False, f"{code or 'no ERRORCODE'}: {info}")]
 
     # -- postbacks -----------------------------------------------------------------------
 
