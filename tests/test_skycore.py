@@ -383,3 +383,41 @@ def test_text_must_fit_one_sms_in_its_encoding(sky_online, text, fits, units) ->
         True, Status.REJECTED, "TEXT_TOO_LONG", False)
     assert f"{units} units" in error.detail
     assert stand_in.requests == []
+
+
+EXPLAINED = [
+    # postback codes (§3.3) and send errors (§3.2), raw as stored
+    ("N201 Message Sent", "sent to the carrier"), ("N202", "delivered to the handset"),
+    ("E201", "could not send"), ("E202 Message Sent/Failed", "could not deliver"),
+    ("E104", "authentication failed"), ("E106", "rate limit"), ("E110", "invalid receiver"),
+    ("E713", "billing problem"), ("E999", "queue processing error"),
+    # Appendix B, every listed protocol value or range (§3.3), as error codes and raw statuses
+    ("P1:92100", "no route"), ("P1:92101", "no credits"), ("P1:92102", "overspending"),
+    ("P1:92110", "no program ID"), ("P1:92111", "missing reference ID"),
+    ("P2:0", "sent"), ("P2:1", "processing"), ("P2:2", "queued"), ("P2:3", "buffered"),
+    ("N202 P2:4", "delivered"), ("P2:5", "transferred"), ("P2:404", "recipient not found"),
+    ("P2:508", "absent subscriber"), ("P2:512", "carrier error"),
+    ("P2:565", "blocked or not provisioned"), ("P2:810", "delivery failed"),
+    ("P2:811", "expired by the carrier"), ("P2:815", "not acknowledged"),
+    ("P2:1010", "system error"), ("P2:2011", "delivery expired"),
+    ("P2:2017", "deleted by the carrier"), ("P2:2019", "undeliverable"),
+    ("P2:2023", "user not found"), ("P3:1", "delivered"), ("P3:2", "delivery failed"),
+    ("P3:4", "buffered"), ("P3:8", "submitted"), ("P3:16", "rejected by the SMSC"),
+    ("N202 P4:0", "successfully executed"), ("P4:7", "account, consumer or capability"),
+    ("P4:50", "partially delivered"), ("P4:99", "internal error"),
+    ("P4:100", "invalid destination address"), ("P4:107", "alphanumeric originating"),
+    ("P4:111", "invalid message length"), ("P4:113", "data coding"),
+    ("P4:115", "an invalid field"), ("P4:250", "integration error"),
+]
+
+
+@pytest.mark.parametrize(("code", "words"), EXPLAINED)
+def test_every_documented_code_is_explained(sky, code, words) -> None:
+    """PROTOCOLS.md §3.2 (send errors), §3.3 (postback codes; Appendix B "SMS Protocol code look
+    up" for every protocol): each in plain words on the message page and the overview."""
+    assert words in (sky.explain(code) or ""), sky.explain(code)
+
+
+@pytest.mark.parametrize("code", ["P2:6", "P2:700", "P4:118", "P9:1", "X123", "N999", ""])
+def test_what_the_tables_do_not_list_is_shown_raw(sky, code) -> None:
+    assert sky.explain(code) is None

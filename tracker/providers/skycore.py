@@ -140,6 +140,39 @@ _P2_UNDELIVERED = ((400, 499), (507, 514), (810, 810), (815, 815), (2017, 2017),
                    (2023, 2023))
 _P4_UNDELIVERED = ((1, 16), (50, 50), (99, 99), (200, 299))
 
+# Appendix B's words for each protocol value (PROTOCOLS.md §3.3), as (protocol, low, high).
+_PROTOCOL_WORDS: tuple[tuple[int, int, int, str], ...] = (
+    (1, 92100, 92100, "no route"), (1, 92101, 92101, "no credits"),
+    (1, 92102, 92102, "overspending"), (1, 92110, 92110, "no program ID"),
+    (1, 92111, 92111, "T-Mobile: missing reference ID"),
+    (2, 0, 0, "sent"), (2, 1, 1, "processing"), (2, 2, 2, "queued"),
+    (2, 3, 3, "buffered with the carrier"), (2, 4, 4, "delivered"),
+    (2, 5, 5, "transferred to the carrier, awaiting its answer"),
+    (2, 400, 499, "recipient not found"), (2, 508, 508, "absent subscriber"),
+    (2, 507, 514, "carrier error"), (2, 561, 572, "blocked or not provisioned"),
+    (2, 810, 810, "delivery failed"), (2, 811, 811, "expired by the carrier"),
+    (2, 815, 815, "not acknowledged"), (2, 1000, 1030, "Skycore system error"),
+    (2, 2011, 2011, "delivery expired"), (2, 2017, 2017, "deleted by the carrier"),
+    (2, 2019, 2019, "undeliverable"), (2, 2023, 2023, "user not found"),
+    (3, 1, 1, "delivered"), (3, 2, 2, "delivery failed"), (3, 4, 4, "buffered"),
+    (3, 8, 8, "submitted to the SMSC"), (3, 16, 16, "rejected by the SMSC"),
+    (4, 0, 0, "successfully executed (delivered)"),
+    (4, 1, 16, "account, consumer or capability error"), (4, 50, 50, "partially delivered"),
+    (4, 99, 99, "internal error at the operator"), (4, 100, 100, "invalid destination address"),
+    (4, 107, 107, "invalid alphanumeric originating address"),
+    (4, 111, 111, "invalid message length"), (4, 113, 113, "invalid data coding (DCS)"),
+    (4, 100, 117, "an invalid field in the message"), (4, 200, 299, "integration error"),
+)
+_PROTOCOL_VALUE = re.compile(r"\bP(\d+):(\d+)\b")
+
+
+def protocol_words(protocol: int, code: int) -> str | None:
+    """Appendix B's meaning of one `<STATUS PROTOCOL STATUS>` value, or None if unlisted."""
+    for p, low, high, words in _PROTOCOL_WORDS:  # exact values come before their ranges
+        if p == protocol and low <= code <= high:
+            return f"{words} (protocol {protocol}, status {code})"
+    return None
+
 
 class SkycoreProvider(Provider):
     """Skycore XML API v1.3."""
@@ -155,6 +188,13 @@ class SkycoreProvider(Provider):
     }
     STATUS_MAP = STATUS_MAP
     EXPLANATIONS = EXPLANATIONS
+
+    def explain(self, code: str | None) -> str | None:
+        """A postback code, or a legacy protocol value ("P2:508", "N202 P4:0") in words."""
+        found = _PROTOCOL_VALUE.search(code or "")
+        if found:
+            return protocol_words(int(found.group(1)), int(found.group(2)))
+        return super().explain(code)
 
     # -- sending -------------------------------------------------------------------------
 
