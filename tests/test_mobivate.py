@@ -17,16 +17,19 @@ from conftest import make_config, running
 from flask import Flask
 from standins.mobivate import STATUS_CODES, MobivateStandIn, Reply, dlr
 
-from tracker import sending
+from tracker import correlation, polling, sending
+from tracker.db import write_tx
 from tracker.models import Callback, Event, Message
 from tracker.providers.base import (
     CallbackRequest,
     OutboundMessage,
     PollError,
     PollTarget,
+    Receipt,
     SendError,
     SendResult,
 )
+from tracker.providers.fake import FakeProvider
 from tracker.providers.mobivate import MobivateProvider, map_status, read_send_response
 from tracker.settings import ConfigError
 from tracker.status import Status
@@ -138,11 +141,18 @@ def envelope(http_status: int, name: str | None = None, obj: str | None = None) 
     return json.dumps({"success": False, "error": error}).encode()
 
 
-def test_published_validation_error_rejects_the_message() -> None:
+def test_published_validation_error_is_the_providers_side() -> None:
+    """The seed's only published 400 (PROTOCOLS.md §2.2, "Responses"):
+
+        400 `{"success":false,"error":{"name":"ValidationError","statusCode":400,
+        "object":"Missing Originator object"}}`
+
+    The originator is our sender ID, i.e. our configuration, not the recipient: the message
+    fails (or goes to the next provider of its route), it is not `rejected`."""
     body = sample("mobivate-send-single-response-400-1.json")
     error = error_of(400, body)
     assert (error.permanent, error.status, error.provider_side, error.outcome_unknown) == (
-        True, Status.REJECTED, False, False)
+        True, Status.FAILED, True, False)
     assert error.code == "ValidationError" and error.raw == body.decode()
     assert "Missing Originator object" in error.detail
 
@@ -176,7 +186,7 @@ def test_published_authentication_error_is_the_providers_side() -> None:
      "InternalServerError"),
     (502, b"<html>Bad Gateway</html>", False, Status.FAILED, True, "502"),
     (503, b"", False, Status.FAILED, True, "503"),
-    # 400 is about the request unless the error says otherwise.
+    # 400 blames the message only when it names the number or the text (ERROR_TEXTS below).
     (400, envelope(400, "ValidationError", "Invalid Recipient object"), True, Status.REJECTED,
      False, "ValidationError"),
     (400, envelope(400, "ValidationError", "Message text too long"), True, Status.REJECTED,
@@ -186,7 +196,8 @@ def test_published_authentication_error_is_the_providers_side() -> None:
     (400, envelope(400, "AuthenticationError"), True, Status.FAILED, True,
      "AuthenticationError"),
     (400, envelope(400, "RateLimitError"), False, Status.FAILED, True, "RateLimitError"),
-    (400, b"{not json", True, Status.REJECTED, False, "400"),
+    (400, b"{not json", True, Status.FAILED, True, "400"),  # unreadable: nobody blamed
+    (400, b"", True, Status.FAILED, True, "400"),
     # A wrong base_url: the integration, not the message.
     (404, b"<html>Not Found</html>", True, Status.FAILED, True, "404"),
     (301, b"", True, Status.FAILED, True, "301"),
@@ -209,6 +220,122 @@ def test_error_answers_are_classified(http_status, body, permanent, status, prov
     assert error.raw == body.decode("utf-8", "replace")
 
 
+# Every 400 error text PROTOCOLS.md §2 and the samples give, and whose fault it is. PROVIDER:
+# permanent, provider side, `failed` (or the route's next provider); MESSAGE: `rejected`, never
+# fails over. Each row quotes where its text comes from.
+PROVIDER, MESSAGE = "provider", "message"
+ERROR_TEXTS = [
+    # The published 400 (§2.2 "Responses", samples/mobivate-send-single-response-400-1.json).
+    ("ValidationError", "Missing Originator object", PROVIDER,
+     '§2.2: 400 {"name":"ValidationError","statusCode":400,"object":"Missing Originator object"}'),
+    # The same wording for the other fields §2.2 lists: `originator` (legacy: "at most 11
+    # alphanumeric or 15 numeric characters"), `recipient` ("international format"), `text`,
+    # and the legacy API's `routeId` ("e.g. mglobal").
+    ("ValidationError", "Invalid Originator object", PROVIDER, "§2.2 legacy: originator"),
+    ("ValidationError", "Missing RouteId object", PROVIDER, "§2.2 legacy: routeId"),
+    ("ValidationError", "Missing Recipient object", MESSAGE, "§2.2: recipient, required"),
+    ("ValidationError", "Invalid Recipient object", MESSAGE,
+     '§2.2: recipient "international format; example 4479000000001"'),
+    ("ValidationError", "Missing Text object", MESSAGE, "§2.2: text, required"),
+    ("ValidationError", "Invalid Body object", MESSAGE, "§2.2 legacy: `body` (the text)"),
+    # The codes page (§2.2 "HTTP codes page").
+    (None, "Opted Out – recipient is opted out", MESSAGE,  # noqa: RUF001
+     '§2.2 codes page: 403 "Opted Out – recipient is opted out"'),  # noqa: RUF001
+    (None, "bad request", PROVIDER, '§2.2 codes page: "400 bad request" (whose fault: unsaid)'),
+    (None, "key invalid/expired", PROVIDER, '§2.2 codes page: 401 "key invalid/expired"'),
+    (None, "out of credit", PROVIDER, '§2.2 codes page: 402 "out of credit"'),
+    ("AuthenticationError", None, PROVIDER,
+     "§2.2: 403 AuthenticationError; the key needs the permission `create:SingleSMS`"),
+    ("AuthenticationError", "missing permission create:SingleSMS", PROVIDER, "§2.2, as above"),
+    # The delivery status list's descriptions (§2.4), should a send answer say the same.
+    (None, "invalid originator", PROVIDER, '§2.4 FAILED_ORIGINATOR_REJECTED "invalid originator"'),
+    (None, "originator = recipient", PROVIDER,
+     '§2.4 FAILED_ORIGINATOR_RECIPIENT_EQUAL "originator = recipient"'),
+    (None, "provider could not route", PROVIDER, '§2.4 FAILED_NOROUTE "provider could not route"'),
+    (None, "route cannot send to recipient", PROVIDER,
+     '§2.4 FAILED_ROUTE_INVALID "route cannot send to recipient"'),
+    (None, "no credit", PROVIDER, '§2.4 FAILED_INSUFFICIENT_CREDIT "no credit"'),
+    (None, "account limits exceeded", PROVIDER,
+     '§2.4 FAILED_LIMITS_EXCEEDED "account limits exceeded"'),
+    (None, "internal error", PROVIDER, '§2.4 FAILED_INTERNAL_ERROR "internal error"'),
+    (None, "recipient blacklisted", MESSAGE,
+     '§2.4 FAILED_RECIPIENT_BLACKLISTED "recipient blacklisted"'),
+    (None, "unable to deliver (number does not exist)", MESSAGE,
+     '§2.4 UNDELIVERABLE "unable to deliver (number does not exist)"'),
+    # Not published anywhere: the text refused or too long (issue 11), and texts we cannot place.
+    ("ValidationError", "Message text too long", MESSAGE, "unpublished: text too long"),
+    ("ValidationError", "Text contains prohibited content", MESSAGE, "unpublished: text refused"),
+    ("ValidationError", "Sender ID not registered for this account", PROVIDER,
+     "unpublished: unregistered sender"),
+    (None, "Originator is blacklisted", PROVIDER, "unpublished: our sender ID blacklisted"),
+    ("ValidationError", None, PROVIDER, "unpublished: a name alone"),
+    ("ValidationError", "Something went wrong", PROVIDER, "unpublished: unknown text"),
+    ("ValidationError", "Missing Campaign object", PROVIDER, "unpublished: another field"),
+    (None, "body is not JSON: Expecting value", PROVIDER, "unpublished: our request unreadable"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "fault", "source"), ERROR_TEXTS,
+                         ids=[row[3][:60] for row in ERROR_TEXTS])
+def test_400_error_texts(name, text, fault, source) -> None:
+    """A 400 is not always the recipient's fault. PROTOCOLS.md §2.2 "Responses":
+
+        400 `{"success":false,"error":{"name":"ValidationError","statusCode":400,
+        "object":"Missing Originator object"}}`.
+        HTTP codes page: 200 submitted, 400 bad request, 401 key invalid/expired, 402 out of
+        credit, 403 "Opted Out – recipient is opted out", 429 rate limit, 500 internal error.
+
+    Only a fault of the number or the text is `rejected` (permanent, provider_side False):
+    another provider would refuse it too. The originator (our sender ID), the route, the key,
+    credit and account limits are ours: permanent and provider side, so the message is `failed`
+    or fails over. A text that blames neither is provider side: never blame the recipient
+    without evidence. The raw answer is kept, and a `success: false` under a 200 with the same
+    error is read the same way."""  # noqa: RUF002
+    body = envelope(400, name, text)
+    for http_status in (400, 200):  # 200: the envelope's own statusCode (400) decides
+        error = error_of(http_status, body)
+        expected = ((True, Status.REJECTED, False) if fault == MESSAGE
+                    else (True, Status.FAILED, True))
+        assert (error.permanent, error.status, error.provider_side) == expected, source
+        assert error.outcome_unknown is False
+        assert error.raw == body.decode()
+        assert error.code == (name or "400")
+        assert text is None or text in error.detail
+
+
+@pytest.mark.parametrize(("name", "text", "fault", "source"),
+                         [row for row in ERROR_TEXTS if row[0] and row[1]],
+                         ids=[row[3][:60] for row in ERROR_TEXTS if row[0] and row[1]])
+def test_400_error_texts_over_http(mob, name, text, fault, source) -> None:
+    """The same texts as the stand-in answers them (the seed's envelope, HTTP 400)."""
+    mob.script(Reply.error(400, name, text))
+    p = provider(mob.url)
+    with pytest.raises(SendError) as caught:
+        p.send(outbound(p))
+    error = caught.value
+    assert (error.status, error.provider_side) == (
+        (Status.REJECTED, False) if fault == MESSAGE else (Status.FAILED, True)), source
+    assert json.loads(error.raw) == {"success": False, "error": {
+        "name": name, "statusCode": 400, "object": text}}
+    assert mob.messages == []
+
+
+@pytest.mark.parametrize(("overrides", "field", "status"), [
+    ({"sender": " "}, "Missing Originator object", Status.FAILED),  # our sender: ours
+    ({"to": "+44 7900 000001"}, "Invalid Recipient object", Status.REJECTED),
+    ({"text": ""}, "Missing Text object", Status.REJECTED),
+])
+def test_stand_in_refusals_are_classified(mob, overrides, field, status) -> None:
+    """What the stand-in refuses whatever is scripted, in the seed's wording ("Missing
+    Originator object", PROTOCOLS.md §2.2), reaches the right class over HTTP."""
+    p = provider(mob.url)
+    with pytest.raises(SendError) as caught:
+        p.send(outbound(p, **overrides))
+    assert caught.value.status == status and field in caught.value.detail
+    assert caught.value.provider_side is (status == Status.FAILED)
+    assert json.loads(caught.value.raw)["error"]["object"] == field
+
+
 @pytest.mark.parametrize("body", [
     b"", b"<html>OK</html>", b'{"success": true}', b'{"success": true, "record": {}}',
     b'{"success": true, "record": {"id": ""}}', b'{"record": {"id": null}}', b"[]",
@@ -220,8 +347,8 @@ def test_unreadable_success_is_an_unknown_outcome(body) -> None:
 
 
 @pytest.mark.parametrize(("reply", "permanent", "status", "provider_side", "code"), [
-    (Reply.error(400, "ValidationError", "Missing Originator object"), True, Status.REJECTED,
-     False, "ValidationError"),
+    (Reply.validation("Originator"), True, Status.FAILED, True, "ValidationError"),
+    (Reply.validation("Recipient", "Invalid"), True, Status.REJECTED, False, "ValidationError"),
     (Reply.error(401), True, Status.FAILED, True, "AuthenticationError"),
     (Reply.error(402), True, Status.FAILED, True, "InsufficientCreditError"),
     (Reply.error(403), True, Status.FAILED, True, "AuthenticationError"),
@@ -604,27 +731,175 @@ def new_message() -> Message:
                                               provider="mobivate"), source="test")
 
 
+LOG = "9A85B95E0A000A9D2FBD46710388AD54"  # the published receipt's deliveryMessageId
+UUID = "e5815fee-e86e-4fd7-9cad-55444f023bbb"  # the published send answer's record.id
+
+
+def post(client, body: bytes) -> bytes:
+    return client.post(URL, data=body, content_type="application/json").data
+
+
+def receipt_events(message: Message) -> list[tuple[str, str | None, str | None, bool | None]]:
+    return [(e.status, e.provider_message_id, e.reference, e.applied)
+            for e in Event.select().where((Event.message == message.id)
+                                          & (Event.kind == "receipt")).order_by(Event.id)]
+
+
 def test_receipt_with_another_id_is_matched_by_reference(mob_app) -> None:
-    """The receipt's deliveryMessageId matches no message; clientReference finds it."""
+    """The receipt's deliveryMessageId matches no message; clientReference finds it, and the
+    message keeps that log id from then on (PROTOCOLS.md §2.3: "Always send a unique `reference`
+    and correlate on `clientReference`. Store `deliveryMessageId` from the first DLR for later
+    polling.")."""
     client = mob_app.test_client()
     message = new_message()
-    sending.record_accepted(message, SendResult("e5815fee-e86e-4fd7-9cad-55444f023bbb"))
+    sending.record_accepted(message, SendResult(UUID))
     created = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-    delivered = dlr("9A85B95E0A000A9D2FBD46710388AD54", "DELIVERED",
-                    client_reference=message.reference, created=created)
-    answers = [client.post(URL, data=body, content_type="application/json").data for body in (
-        dlr("9A85B95E0A000A9D2FBD46710388AD54", "ACCEPTED", client_reference=message.reference,
+    delivered = dlr(LOG, "DELIVERED", client_reference=message.reference, created=created)
+    answers = [post(client, body) for body in (
+        dlr(LOG, "ACCEPTED", client_reference=message.reference,
             created=created - dt.timedelta(seconds=3)),
         delivered, delivered)]
     assert answers == [b"OK applied\n", b"OK applied\n", b"OK duplicate\n"]
     stored = Message.get_by_id(message.id)
     assert stored.status == "delivered"
-    assert stored.provider_message_id == "e5815fee-e86e-4fd7-9cad-55444f023bbb"  # unchanged
-    receipts = list(Event.select().where((Event.message == message.id)
-                                         & (Event.kind == "receipt")).order_by(Event.id))
-    assert [(e.status, e.provider_message_id, e.reference) for e in receipts] == [
-        ("sent", "9A85B95E0A000A9D2FBD46710388AD54", message.reference),
-        ("delivered", "9A85B95E0A000A9D2FBD46710388AD54", message.reference)]
+    assert stored.provider_message_id == LOG  # the log id, kept from the first receipt
+    submitted = Event.get((Event.message == message.id) & (Event.kind == "submitted"))
+    assert submitted.provider_message_id == UUID  # the send answer's id stays on its event
+    assert receipt_events(message) == [("sent", LOG, message.reference, True),
+                                       ("delivered", LOG, message.reference, True)]
+
+
+def test_later_receipts_carrying_only_the_log_id_match_by_it(mob_app) -> None:
+    """Receipts: keep `deliveryMessageId`. PROTOCOLS.md §2.3, "Correlation caveat":
+
+        the DLR/log ids are 32-character uppercase hex (`9A85B95E…`), but the send response
+        `record.id` is a UUID (`e5815fee-…`) … So the send id may **not** equal
+        `deliveryMessageId`. → Always send a unique `reference` and correlate on
+        `clientReference`. Store `deliveryMessageId` from the first DLR for later polling.
+
+    and §6: "Mobivate: our unique `reference` (→ `clientReference`), plus `record.id`, plus
+    `deliveryMessageId` once seen." A later receipt whose `clientReference` is null (as in the
+    published sample) finds the message by the log id the first one brought."""
+    client = mob_app.test_client()
+    message = new_message()
+    sending.record_accepted(message, SendResult(UUID))
+    t0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    assert post(client, dlr(LOG, "ACCEPTED", client_reference=message.reference,
+                            created=t0)) == b"OK applied\n"
+    assert Message.get_by_id(message.id).provider_message_id == LOG
+    delivered = dlr(LOG, "DELIVERED", client_reference=None, created=t0 + dt.timedelta(seconds=4))
+    assert post(client, delivered) == b"OK applied\n"  # matched by the log id alone
+    assert post(client, delivered) == b"OK duplicate\n"
+    stored = Message.get_by_id(message.id)
+    assert (stored.status, stored.provider_message_id) == ("delivered", LOG)
+    assert receipt_events(message) == [("sent", LOG, message.reference, True),
+                                       ("delivered", LOG, None, True)]
+    assert [c.verdict for c in Callback.select().order_by(Callback.id)] == [
+        "applied", "applied", "duplicate"]
+
+
+def test_a_message_without_a_provider_id_gets_the_log_id(mob_app) -> None:
+    """A send that timed out left the message `unknown` with no provider id (README "unknown
+    outcome": "settled by a receipt matched by our reference"). That receipt also gives it the
+    log id, so the receipts after it need no reference."""
+    client = mob_app.test_client()
+    message = new_message()
+    sending.record_unknown(message, SendError("Mobivate gave no answer", permanent=False,
+                                              provider_side=True, outcome_unknown=True,
+                                              code="NO_ANSWER"))
+    assert Message.get_by_id(message.id).provider_message_id is None
+    t0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    assert post(client, dlr(LOG, "ACCEPTED", client_reference=message.reference,
+                            created=t0)) == b"OK applied\n"
+    assert Message.get_by_id(message.id).provider_message_id == LOG
+    assert post(client, dlr(LOG, "FAILED_NACK",
+                            created=t0 + dt.timedelta(seconds=9))) == b"OK applied\n"
+    stored = Message.get_by_id(message.id)
+    assert (stored.status, stored.error_code) == ("undelivered", "FAILED_NACK")
+
+
+def test_receipts_that_came_first_under_the_log_id_are_applied_when_it_is_kept(mob_app) -> None:
+    """A receipt carrying only the log id before any carried our reference is an orphan (no
+    message has that id yet); the first receipt with our reference gives the message the id and
+    applies it at once."""
+    client = mob_app.test_client()
+    message = new_message()
+    sending.record_accepted(message, SendResult(UUID))
+    t0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    assert post(client, dlr(LOG, "DELIVERED", created=t0 + dt.timedelta(seconds=5))) == (
+        b"OK orphan\n")
+    assert Message.get_by_id(message.id).status == "accepted"
+    # The earlier report, with our reference, arrives late: the orphan applies first, so this
+    # one is older than the delivery and changes nothing.
+    assert post(client, dlr(LOG, "ACCEPTED", client_reference=message.reference,
+                            created=t0)) == b"OK ignored\n"
+    stored = Message.get_by_id(message.id)
+    assert (stored.status, stored.provider_message_id) == ("delivered", LOG)
+    assert receipt_events(message) == [("delivered", LOG, None, True),
+                                       ("sent", LOG, message.reference, False)]
+    assert Event.select().where(Event.message.is_null()).count() == 0
+
+
+def test_unknown_reference_and_unknown_id_stay_orphans(mob_app) -> None:
+    """Never guessed: a receipt whose reference is no message's and whose id no message has
+    stays an orphan, and changes no message's id."""
+    client = mob_app.test_client()
+    message = new_message()
+    sending.record_accepted(message, SendResult(UUID))
+    assert post(client, dlr(LOG, "ACCEPTED", client_reference=message.reference)) == (
+        b"OK applied\n")
+    other = "0123456789ABCDEF0123456789ABCDEF"
+    assert post(client, dlr(other, "DELIVERED", client_reference="m-no-such-message")) == (
+        b"OK orphan\n")
+    assert post(client, dlr(other, "DELIVERED", created="2026-01-01T00:00:00.000+00:00")) == (
+        b"OK orphan\n")
+    assert post(client, dlr(None, "DELIVERED", client_reference="m-no-such-message")) == (
+        b"OK orphan\n")
+    stored = Message.get_by_id(message.id)
+    assert (stored.status, stored.provider_message_id) == ("sent", LOG)
+    assert Event.select().where(Event.message.is_null()).count() == 3
+
+
+def test_only_providers_that_report_under_other_ids_adopt_them(mob_app) -> None:
+    """Keeping a receipt's id is Mobivate's (ADOPTS_RECEIPT_ID): another provider's receipt
+    matched by our reference leaves the message's id alone."""
+    message = sending.enqueue(sending.NewMessage(to="+4479000000001", text="hi", provider="fake"),
+                              source="test")
+    sending.record_accepted(message, SendResult("fake-id"))
+    with write_tx():
+        outcome = correlation.apply_receipt(
+            Receipt(provider="fake", status=Status.SENT, provider_message_id="another-id",
+                    reference=message.reference, dedupe_key="another-id|sent"),
+            source="test")
+    assert outcome.message_id == message.id
+    assert Message.get_by_id(message.id).provider_message_id == "fake-id"
+    assert getattr(FakeProvider, "ADOPTS_RECEIPT_ID", False) is False
+    assert MobivateProvider.ADOPTS_RECEIPT_ID is True
+
+
+def test_polls_ask_by_the_kept_log_id(database_url: str) -> None:
+    """PROTOCOLS.md §2.3 "Store `deliveryMessageId` from the first DLR for later polling"; §2.7:
+    "Whether `record.id` can be used with `GET /message/:id`" is open. With a message log that
+    knows log ids only, a poll learns nothing until a receipt brought the log id, then works."""
+    with MobivateStandIn(api_key=KEY, lookup_record_ids=False) as mob:
+        config = make_config(database_url)
+        config["providers"]["mobivate"] = settings(mob.url, poll=True)
+        with running(config) as app:
+            p = app.extensions["providers"]["mobivate"]
+            message = new_message()
+            sent = p.send(outbound(p, reference=message.reference))
+            sending.record_accepted(message, sent, p)
+            [accepted] = mob.messages
+            later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(days=1)
+            assert polling.poll_provider(p, later) == 0  # GET /message/{UUID}: 404
+            assert mob.requests[-1].path == f"/message/{sent.provider_message_id}"
+            answer = post(app.test_client(), accepted.dlr("ACCEPTED"))
+            assert answer == b"OK applied\n"
+            assert Message.get_by_id(message.id).provider_message_id == accepted.log_id
+            mob.set_status(accepted.log_id, "DELIVERED")
+            assert polling.poll_provider(p, later + dt.timedelta(days=1)) == 1
+            assert mob.requests[-1].path == f"/message/{accepted.log_id}"
+            assert Message.get_by_id(message.id).status == "delivered"
 
 
 def test_receipt_before_the_send_answer_is_matched_by_reference(mob_app) -> None:

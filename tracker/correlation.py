@@ -15,8 +15,9 @@ import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .db import execute
+from .db import execute, write_tx
 from .models import utcnow
+from .providers import PROVIDERS
 from .providers.base import Receipt
 from .status import GUARD_SQL, RANK, Current, Decision, Status, decide, guard_params, order_key
 
@@ -58,9 +59,10 @@ _MATCH_BY_PMID = (
 )
 _MATCH_BY_REFERENCE = (
     "SELECT m.id, m.status, m.status_order, m.status_inferred,"
-    " EXISTS (SELECT 1 FROM event WHERE dedupe_key = ?)"
+    " EXISTS (SELECT 1 FROM event WHERE dedupe_key = ?), m.provider_message_id"
     " FROM (SELECT 1 AS one) AS x LEFT JOIN message m ON m.reference = ? AND m.provider = ?"
 )
+_ADOPT_ID = "UPDATE message SET provider_message_id = ? WHERE id = ? AND provider = ?"
 _SELECT_BY_ID = "SELECT id, status, status_order, status_inferred FROM message WHERE id = ?"
 _INSERT_EVENT = (
     "INSERT INTO event (message_id, callback_id, kind, source, provider, provider_message_id,"
@@ -98,12 +100,15 @@ def match(receipt: Receipt) -> Match:
     """Find a receipt's message (by our reference when the receipt echoes it, else by provider
     message id); spot duplicates. Our reference first: it is unique and ours, while a provider
     may report under another id than its send answer gave (Mobivate), which would cost every
-    such receipt a lookup that cannot match."""
+    such receipt a lookup that cannot match. For such a provider (ADOPTS_RECEIPT_ID) a receipt
+    matched by reference gives the message the id it carries, once per message (`_adopt_id`)."""
     dedupe = dedupe_key(receipt)
     row = None
     if receipt.reference:
         row = execute(_MATCH_BY_REFERENCE, (dedupe, receipt.reference, receipt.provider),
                       prepare=True).fetchone()
+        if row[0] is not None and _adopts(receipt, row[5]):
+            row = _adopt_id(receipt, row)
     if receipt.provider_message_id and (row is None or row[0] is None):
         row = execute(_MATCH_BY_PMID, (dedupe, receipt.provider, receipt.provider_message_id),
                       prepare=True).fetchone()
@@ -113,6 +118,27 @@ def match(receipt: Receipt) -> Match:
         return Match(receipt, row[0], True, None)
     return Match(receipt, row[0], False, decide(_current(row), receipt.status,
                                                 receipt.occurred_at))
+
+
+def _adopts(receipt: Receipt, stored_id: str | None) -> bool:
+    """True when a receipt matched by our reference names its message by another provider id,
+    and its provider reports under ids its send answer never gave (ADOPTS_RECEIPT_ID: Mobivate's
+    log id). A clipped id ("…") is no real id."""
+    pmid = receipt.provider_message_id
+    return (bool(pmid) and pmid != stored_id and not pmid.endswith("…")
+            and getattr(PROVIDERS.get(receipt.provider), "ADOPTS_RECEIPT_ID", False))
+
+
+def _adopt_id(receipt: Receipt, row: tuple) -> tuple:
+    """Keep the receipt's id as the message's provider id, so later receipts carrying that id
+    alone (and polls) find it, and apply the orphans that were waiting under it. Here, not in
+    `apply`: every path matches, and intake's Postgres path never calls `apply`. The id came
+    with our reference, so the write stands even if storing this receipt fails."""
+    with write_tx():
+        execute(_ADOPT_ID, (receipt.provider_message_id, row[0], receipt.provider))
+        if rematch_orphans(receipt.provider, receipt.provider_message_id, row[0]):
+            return (*execute(_SELECT_BY_ID, (row[0],)).fetchone(), row[4])
+    return row
 
 
 def find_message(receipt: Receipt) -> int | None:

@@ -8,6 +8,14 @@ ValidationError and 403 AuthenticationError, the codes page's 401/402/403 opt-ou
 error page, a slow answer). A wrong key or a missing required field is refused whatever is
 scripted, as the real API would.
 
+400s: the one published is the seed's `{"success":false,"error":{"name":"ValidationError",
+"statusCode":400,"object":"Missing Originator object"}}`, answered here for a missing or blank
+`originator`. The API names the field at fault as "<Missing|Invalid> <Field> object";
+`Reply.validation()` answers that wording for any field (e.g. `Reply.validation("Originator")`
+for a sender ID the account may not use), and `_refusal` uses it for a missing `text` or
+`recipient` and a recipient that is not digits. Other texts (a route, the account) are
+scripted with `Reply.error(400, name, text)`.
+
 Each accepted message also gets a 32-character upper-case hex log id and a batch id, as the
 archived pages show them: receipts (`dlr()`, the archived "Delivery Receipt Notification" JSON)
 carry the log id as `deliveryMessageId`, which is NOT the send answer's UUID (§2.3), and our
@@ -65,6 +73,11 @@ ERROR_NAMES = {
 }
 
 
+def validation_text(field: str, problem: str = "Missing") -> str:
+    """"Missing Originator object": how a 400 ValidationError names the field at fault."""
+    return f"{problem} {field[:1].upper()}{field[1:]} object"
+
+
 def log_id() -> str:
     """A log id as the archived pages show them: 32 upper-case hex characters."""
     return secrets.token_hex(16).upper()
@@ -114,6 +127,12 @@ class Reply:
         """`{"success":false,"error":{"name":…,"statusCode":…[,"object":…]}}` (seed shape)."""
         return cls("error", http_status=http_status,
                    name=name or ERROR_NAMES.get(http_status, "Error"), object=object, delay=delay)
+
+    @classmethod
+    def validation(cls, field: str, problem: str = "Missing", *, delay: float = 0.0) -> Reply:
+        """400 ValidationError "<problem> <Field> object", the seed's wording (its published
+        example is `validation("Originator")`: "Missing Originator object")."""
+        return cls.error(400, "ValidationError", validation_text(field, problem), delay=delay)
 
     @classmethod
     def http_error(cls, status: int = 500, body: bytes = b"<html>Bad Gateway</html>", *,
@@ -369,9 +388,9 @@ def _refusal(request: SendRequest) -> str | None:
     for name in ("text", "originator", "recipient"):
         value = request.fields[name]
         if not isinstance(value, str) or not value.strip():
-            return f"Missing {name.capitalize()} object"  # the seed's wording for originator
+            return validation_text(name)  # the seed's "Missing Originator object"
     if not request.fields["recipient"].isdigit():
-        return "Invalid Recipient object"
+        return validation_text("recipient", "Invalid")
     return None
 
 

@@ -5,16 +5,30 @@ reference}`; 200 answers `{"success":true,"record":{"id":<UUID>,…}}`, errors a
 `{"success":false,"error":{"name":…,"statusCode":…,"object":…}}`. The production host is private
 ("provided by our team upon request"), so `base_url` has no default.
 
+Send errors (`classify_error`): 401/402 (key, credit) are our account's and fail over; 408, 429
+and 5xx pass (retried). A 403 is a bad key or permission (the seed's AuthenticationError) or an
+opted-out recipient (the codes page); its `name` tells them apart, and an unexplained 403 is
+taken as the opt-out. A 400 is `rejected` only when its text blames the message itself: the
+number (invalid, blacklisted, opted out) or the text (refused, too long). The one published 400,
+"Missing Originator object", and every fault of the originator (our sender ID), route, key,
+credit or account limits is provider side: `failed`, or the next provider of the route. A 400
+whose text names neither, or cannot be read, is provider side too: the recipient is never
+blamed without evidence. The raw answer is kept in `SendError.raw`.
+
 Receipts: a JSON POST on every status change (`deliveryMessageId`, `clientReference`, `status`,
-`statusCode`, `created`, …). Their id is a 32-character hex log id, not the send answer's UUID,
-so they are correlated through `clientReference`, which echoes the `reference` we sent; the
-log id rides along as the provider message id. Polling (`GET /message/{id}`) is documented only
-for the legacy host and may not know the UUID, hence off unless `poll = true`.
+`statusCode`, `created`, …). Their id is a 32-character hex log id, not the send answer's UUID
+(§2.3), so they are matched through `clientReference`, which echoes the `reference` we sent. The
+first receipt matched that way gives the message its log id as provider message id
+(`ADOPTS_RECEIPT_ID`; the UUID stays on the `submitted` event), so later receipts carrying the
+log id alone, and polls, find the message too. Polling (`GET /message/{id}`) is documented only
+for the legacy host, whose message log knows the log id and may not know the UUID, hence off
+unless `poll = true`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -155,6 +169,9 @@ class MobivateProvider(Provider):
     }
     EXPLANATIONS = DESCRIPTIONS
     STATUS_MAP = STATUS_MAP
+    # Receipts name the message by a log id the send answer never gave (§2.3): the first one
+    # matched by our reference gives the message that id (tracker.correlation.match).
+    ADOPTS_RECEIPT_ID = True
 
     def __init__(self, config: dict[str, Any], public_base_url: str) -> None:
         super().__init__(config, public_base_url)
@@ -311,10 +328,40 @@ def _raw_status(name: str | None, code: int | None) -> str:
 
 # -- send answers --------------------------------------------------------------------------------
 
-_OPTOUT_WORDS = ("optout", "opted out", "opt-out", "opted-out", "unsubscribed")
-_AUTH_WORDS = ("auth", "permission", "apikey")
-_CREDIT_WORDS = ("credit", "balance", "payment", "funds")
-_RATE_WORDS = ("ratelimit", "rate limit", "toomanyrequests", "throttl")
+# Whose fault an error answer is, from what its `name` and `object` (or `message`) say. Checked
+# in this order; the first group that matches decides. PROTOCOLS.md §2.2 publishes one 400, the
+# seed's `{"name":"ValidationError","statusCode":400,"object":"Missing Originator object"}`:
+# the API names the request field at fault as "<Missing|Invalid> <Field> object".
+#
+# 1. The recipient opted out. The codes page's 403:
+#    "Opted Out – recipient is opted out"  # noqa: RUF003
+_OPTOUT = re.compile(r"opt-?out|opted[ -]?out|unsubscribed")
+# 2. Passing: throttled (the codes page's 429).
+_RATE = re.compile(r"rate ?limit|toomanyrequests|too many requests|throttl")
+# 3. Our account, configuration or integration, whatever else the text names: the key and its
+#    permission (401, the seed's 403 AuthenticationError, `create:SingleSMS`), credit (402;
+#    §2.4 FAILED_INSUFFICIENT_CREDIT), account limits (§2.4 FAILED_LIMITS_EXCEEDED), the
+#    originator, i.e. our sender ID (the published "Missing Originator object"; legacy: "at
+#    most 11 alphanumeric or 15 numeric characters"; §2.4 FAILED_ORIGINATOR_REJECTED "invalid
+#    originator", FAILED_ORIGINATOR_RECIPIENT_EQUAL), the route (legacy `routeId`; §2.4
+#    FAILED_NOROUTE, FAILED_ROUTE_INVALID "route cannot send to recipient"), and a request
+#    the API could not read. Another provider may take the message.
+_OURS = re.compile(r"auth|permission|api ?key|\bkey\b|token|credit|balance|payment|funds|"
+                   r"account|limits? exceeded|quota|originator|sender|route|"
+                   r"content.?type|json|malformed|syntax|pars(?:e|ing)")
+# 4. The message itself, only on evidence: its number (the published pattern naming
+#    `recipient`, §2.2's required "international format" number; §2.4
+#    FAILED_RECIPIENT_BLACKLISTED "recipient blacklisted") or its text (the pattern naming
+#    `text`, or `body` as the legacy API calls it; a text refused or too long). Another
+#    provider would refuse it too.
+_MESSAGE = re.compile(
+    r"\b(?:missing|invalid)\s+(?:recipient|text|body)s?\s+object\b"
+    r"|\binvalid\s+(?:recipient|number|msisdn|phone|destination)"
+    r"|\b(?:recipient|number|msisdn|destination)\b.{0,40}"
+    r"\b(?:invalid|blacklisted|barred|blocked|not valid|does not exist)\b"
+    r"|\bblacklisted\b"
+    r"|\b(?:text|body|message)\b.{0,40}\b(?:too long|exceeds)\b"
+    r"|\b(?:text|body|content)\b.{0,40}\b(?:refused|rejected|not allowed|prohibited|blocked)\b")
 
 
 def read_send_response(http_status: int, content: bytes, raw: str) -> SendResult:
@@ -342,7 +389,10 @@ def read_send_response(http_status: int, content: bytes, raw: str) -> SendResult
 
 
 def classify_error(http_status: int, error: dict[str, Any], raw: str) -> SendError:
-    """Sort one error answer into the dispatcher's classes (PROTOCOLS.md §2.2)."""
+    """Sort one error answer into the dispatcher's classes (PROTOCOLS.md §2.2).
+
+    400 blames the message (`rejected`) only when the text says the number or the text is at
+    fault; any other 400, including one we cannot read, is provider side (fails over)."""
     name = _text(error.get("name"))
     said = error.get("object", error.get("message"))
     said = said if isinstance(said, str) or said is None else json.dumps(said)
@@ -363,18 +413,19 @@ def classify_error(http_status: int, error: dict[str, Any], raw: str) -> SendErr
         return provider(permanent=True)
     if http_status in (408, 429) or http_status >= 500:
         return provider(permanent=False)
-    # The seed's 403 is an AuthenticationError (bad key, missing create:SingleSMS); the codes
-    # page's 403 is "recipient is opted out". The error's name tells them apart; an
-    # unexplained 403 is taken as the opt-out, so an opted-out number never fails over.
     if http_status in (400, 403):
-        if any(w in words for w in _OPTOUT_WORDS):
+        if _OPTOUT.search(words):
             return recipient()
-        if any(w in words for w in _AUTH_WORDS):
-            return provider(permanent=True)
-        if any(w in words for w in _CREDIT_WORDS):
-            return provider(permanent=True)
-        if any(w in words for w in _RATE_WORDS):
+        if _RATE.search(words):
             return provider(permanent=False)
-        return recipient()
+        if _OURS.search(words):
+            return provider(permanent=True)
+        # The seed's 403 is an AuthenticationError (bad key, missing create:SingleSMS); the
+        # codes page's 403 is "recipient is opted out". An unexplained 403 is taken as the
+        # opt-out, so an opted-out number never fails over.
+        if http_status == 403 or _MESSAGE.search(words):
+            return recipient()
+        # A 400 that names neither: never blamed on the recipient without evidence.
+        return provider(permanent=True)
     # 404, 405, 415, redirects, ...: our base_url or integration is wrong, not the message.
     return provider(permanent=True)
