@@ -103,3 +103,52 @@ def test_alphasms_is_asked_for_its_balance(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert lines(bad)[("alphasms", "key")] == "REFUSED"
     assert commands == ["balance", "balance"]
+
+
+def test_mobivate_is_asked_for_an_unknown_message(tmp_path: Path) -> None:
+    """PROTOCOLS.md §2.5 (`GET /message/{id}`): 404 for an unknown id means the key passed."""
+    from standins.mobivate import MobivateStandIn
+
+    with MobivateStandIn(api_key="mv-key") as mv:
+        settings = {"sender": "Shop", "callback_token": "mv-token", "base_url": mv.url}
+        good = check(tmp_path, "mobivate", mobivate={**settings, "api_key": "mv-key"})
+        bad = check(tmp_path, "mobivate", mobivate={**settings, "api_key": "other"})
+        sends = mv.sends
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert lines(good)[("mobivate", "key")] == "ok"
+    assert bad.returncode == 1 and lines(bad)[("mobivate", "key")] == "REFUSED"
+    assert sends == []
+
+
+def setup(tmp_path: Path, slug: str, **providers: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
+    env.update({"TRACKER_DATABASE_URL": f"sqlite:///{tmp_path / 'check.sqlite3'}",
+                "TRACKER_SECRET_KEY": "check-test-secret",
+                "TRACKER_PUBLIC_BASE_URL": "https://sms.example.com",
+                "TRACKER_PROVIDERS__FAKE__CALLBACK_TOKEN": "fake-token"})
+    for name, settings in providers.items():
+        for key, value in settings.items():
+            env[f"TRACKER_PROVIDERS__{name.upper()}__{key.upper()}"] = value
+    return subprocess.run([sys.executable, "-m", "tracker.cli", "providers", "setup", slug],
+                          env=env, text=True, capture_output=True, timeout=60, check=False)
+
+
+def test_mobivate_setup_registers_our_receipt_url(tmp_path: Path) -> None:
+    """PROTOCOLS.md §2.3: `POST /webhooks/receipt` with `{"url": …}` (Bearer) registers the
+    account's DLR URL; the operator needs no control panel."""
+    from standins.mobivate import MobivateStandIn
+
+    with MobivateStandIn(api_key="mv-key") as mv:
+        result = setup(tmp_path, "mobivate", mobivate={
+            "sender": "Shop", "callback_token": "mv-token", "base_url": mv.url,
+            "api_key": "mv-key"})
+        registered = mv.receipt_url
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert registered == "https://sms.example.com/callbacks/mobivate/mv-token"
+    assert "mv-token" not in result.stdout  # the secret path token is masked on screen
+
+
+def test_setup_of_a_provider_without_such_an_api_says_where_to_set_it(tmp_path: Path) -> None:
+    result = setup(tmp_path, "fake")
+    assert result.returncode == 1
+    assert "control panel" in result.stderr

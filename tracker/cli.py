@@ -128,6 +128,30 @@ def providers_check(slug: str | None) -> None:
     sys.exit(1 if refused else 0)
 
 
+@providers.command("setup")
+@click.argument("slug")
+def providers_setup(slug: str) -> None:
+    """Register our receipt URL with a provider that has an API for it (mobivate); the others
+    say where to set it by hand."""
+    app = _app()
+    provider = app.extensions["providers"].get(slug)
+    if provider is None:
+        raise click.UsageError(f"{slug!r} is not configured")
+    setup = getattr(provider, "setup", None)
+    if setup is None:
+        url = provider.callback_url(None)
+        raise click.ClickException(
+            f"{slug} has no API to register a receipt URL; set it in its control panel"
+            + (f" to {url}" if url else "") + " (see README, Providers)")
+    from .providers.base import SendError
+
+    try:
+        url = setup()
+    except SendError as exc:
+        raise click.ClickException(f"{slug}: {exc.detail}") from exc
+    click.echo(f"{slug}: receipts now go to {logmask.mask(url)}")
+
+
 @main.command()
 def worker() -> None:
     """Run the scheduled jobs (dispatch, orphan re-match) in this process."""

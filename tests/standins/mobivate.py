@@ -49,6 +49,7 @@ from .base import StandIn, StandInHandler
 
 SEND_PATH = "/send/single"
 MESSAGE_PATH = "/message/"
+RECEIPT_WEBHOOK_PATH = "/webhooks/receipt"
 REQUEST_FIELDS = ("text", "originator", "recipient", "reference", "callbackURL", "shortenUrls",
                   "excludeOptouts", "scheduleDateTime")
 
@@ -229,6 +230,7 @@ class MobivateStandIn(StandIn[SendRequest]):
         self.api_key = api_key  # when set, another Bearer key gets the seed's 403
         self.default = default or Reply.success()
         self.lookup_record_ids = lookup_record_ids  # GET /message/{UUID} finds the message
+        self.receipt_url: str | None = None  # what POST /webhooks/receipt registered
         # Called with each send request before it is answered (e.g. to post a receipt that
         # beats the send answer). Exceptions are kept in hook_errors, the answer is a 500.
         self.on_send: Callable[[SentMessage], None] | None = None
@@ -292,8 +294,23 @@ class MobivateStandIn(StandIn[SendRequest]):
             self._answer_send(handler, request)
         elif method == "GET" and path.startswith(MESSAGE_PATH):
             self._answer_lookup(handler, unquote(path[len(MESSAGE_PATH):]))
+        elif method == "POST" and path == RECEIPT_WEBHOOK_PATH:
+            self._answer_webhook(handler, body)
         else:
             handler.send_json(404, _envelope(404, "NotFoundError", f"no route {path}"))
+
+    def _answer_webhook(self, handler: _Handler, body: bytes) -> None:
+        """§2.3 (legacy): `POST /webhooks/receipt {"url": …}` registers the account's DLR URL."""
+        try:
+            url = json.loads(body or b"{}").get("url")
+        except (ValueError, AttributeError):
+            url = None
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            handler.send_json(400, _envelope(400, "ValidationError", "Invalid url object"))
+            return
+        with self._lock:
+            self.receipt_url = url
+        handler.send_json(200, {"message": "Webhook updated successfully"})
 
     def _authorized(self, request: SendRequest) -> bool:
         auth = request.headers.get("authorization", "")

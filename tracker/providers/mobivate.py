@@ -36,6 +36,7 @@ from ..errors import ConfigError
 from ..status import Status
 from .base import (
     CallbackRequest,
+    Finding,
     OutboundMessage,
     ParsedCallback,
     PollAnswer,
@@ -193,6 +194,45 @@ class MobivateProvider(Provider):
     def _headers(self) -> dict[str, str]:
         return {"Accept": "application/json",
                 "Authorization": f"Bearer {self.config['api_key']}"}
+
+    # -- checking and setting up ---------------------------------------------------------
+
+    def check(self) -> list[Finding]:
+        """`GET /message/{id}` for an id that cannot exist (§2.5): 404 means the host and the
+        key were accepted; 401/403 a refused key; 402 an account out of credit."""
+        response, problems = self.reach("GET", f"{self.base_url}/message/tracker-check",
+                                        headers=self._headers)
+        if response is None:
+            return problems
+        host = Finding("host", True, f"{self.base_url} answers")
+        sender = Finding("sender", None, "Mobivate has no documented way to check an "
+                                         "originator without sending")
+        status = response.status_code
+        if status in (200, 404):
+            return [host, Finding("key", True, f"accepted (HTTP {status} for an unknown id)"),
+                    sender]
+        if status in (401, 403):
+            return [host, Finding("key", False, f"HTTP {status}: {response.text[:200]}")]
+        if status == 402:
+            return [host, Finding("key", True, "accepted"),
+                    Finding("account", False, "HTTP 402: out of credit")]
+        return [Finding("host", False, f"{self.base_url} answered HTTP {status}: "
+                                       f"{response.text[:200]!r}")]
+
+    def setup(self) -> str:
+        """Register our receipt URL as the account's Delivery Endpoint through the documented
+        `POST /webhooks/receipt` (§2.3), so no one needs the control panel. Raises SendError."""
+        url = self.callback_url(None)
+        if url is None:
+            raise SendError("no callback_token is set, so there is no receipt URL to register",
+                            permanent=True, provider_side=True, code="NO_CALLBACK_TOKEN")
+        response = self.request("POST", f"{self.base_url}/webhooks/receipt",
+                                headers=self._headers, json={"url": url})
+        if response.status_code != 200:
+            raise SendError(f"Mobivate answered HTTP {response.status_code}: "
+                            f"{response.text[:300]}", permanent=True, provider_side=True,
+                            code=f"HTTP_{response.status_code}", raw=response.text)
+        return url
 
     # -- sending -------------------------------------------------------------------------
 
