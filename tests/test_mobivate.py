@@ -421,6 +421,15 @@ def test_every_documented_status_is_mapped() -> None:
 
 
 @pytest.mark.parametrize(("name", "code"), sorted(STATUS_CODES.items(), key=lambda i: i[1]))
+def test_every_documented_status_is_explained(name, code) -> None:
+    """PROTOCOLS.md §2.4 (archived DLR page's status list): each status in words on the
+    message page, as stored ("FAILED_NACK (11)") or bare; what the list lacks is shown raw."""
+    p = MobivateProvider.__new__(MobivateProvider)  # explain reads class tables only
+    assert p.explain(f"{name} ({code})") and p.explain(name) == p.explain(f"{name} ({code})")
+    assert p.explain("FAILED_SOMETHING_NEW (99)") is None
+
+
+@pytest.mark.parametrize(("name", "code"), sorted(STATUS_CODES.items(), key=lambda i: i[1]))
 def test_documented_status_by_name_and_by_code(name, code) -> None:
     for status, status_code in ((name, code), (name, None), (None, code), (name.lower(), code),
                                 (name, str(code))):

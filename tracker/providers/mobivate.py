@@ -91,6 +91,10 @@ STATUS_CODES: dict[int, str] = {
 
 # The archived DLR page's wording, shown to support staff beside a failed receipt.
 DESCRIPTIONS: dict[str, str] = {
+    "DELIVERED": "delivered to the handset", "ACCEPTED": "accepted by the carrier",
+    "INTERIM_QUEUED": "queued by the next-tier provider",
+    "INTERIM_ACKNOWLEDGED": "acknowledged by the next-tier provider",
+    "RETRY": "delivery will be retried",
     "EXPIRED": "the SMSC could not deliver in time (handset off)",
     "DELETED": "message deleted",
     "UNDELIVERABLE": "unable to deliver (number does not exist)",
