@@ -113,9 +113,13 @@ def dispatch(providers: dict[str, Any], at: dt.datetime, answer: SendResult | Se
         if isinstance(answer, SendError):
             raise answer
         return answer
+    def send_batch(outbound: list[Any]) -> list[SendResult | SendError]:
+        return [answer for _ in outbound]
+
     _now[0] = at
     for provider in providers.values():
         provider.send = send
+        provider.send_batch = send_batch  # AlphaSMS's json.php sends in batches
     sending.dispatch(providers, batch_size=1, max_attempts=6, backoff_seconds=30)
 
 
@@ -231,6 +235,9 @@ def shoot(out_dir: Path, count: int) -> None:
                       "default_provider": "skycore", "sqlite_synchronous": "normal",
                       "providers": PROVIDERS})
     server = make_server("127.0.0.1", 0, app, threaded=True)
+    # Serving from the start: shutdown() in `finally` waits for serve_forever to end, and
+    # would hang forever on an error raised before it began.
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     driver = None
     try:
         with app.app_context():
@@ -239,7 +246,6 @@ def shoot(out_dir: Path, count: int) -> None:
             accounts.create_user("support", "demo password 1", "admin")
             rich = seed(app, random.Random(7), count)
             db.close()
-        threading.Thread(target=server.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{server.server_port}"
 
         options = webdriver.ChromeOptions()
