@@ -8,7 +8,8 @@ then a measured run with --latency. The scheduled-jobs worker is NOT started: on
 
 In the same run the reference ceiling is measured: bench/bare_app.py (one Flask POST route that
 reads the body) under the same gunicorn command line and config, the same wrk script and body.
-Goals (perf-baseline.md §6): tracker >= 45 % of bare on SQLite, >= 25 % on Postgres, 0 errors.
+Goals (perf-baseline.md §6, raised for Postgres by the intake issue): tracker >= 45 % of bare on
+SQLite, >= 35 % on Postgres, p99 <= 50 ms, 0 errors.
 With --lean, bench/lean_app.py (the minimal two-statement shape those goals were set from) is
 measured on the same database too, as a second reference: what this machine allows any callback
 path that stores the raw body and moves the status, before events, dedupe and verdicts.
@@ -53,7 +54,7 @@ LUA = BENCH / "wrk" / "skycore_postback.lua"
 RESULTS = BENCH / "results"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
-TARGETS = {"sqlite": 0.45, "postgres": 0.25}  # ratio of bare POST, perf-baseline.md §6
+TARGETS = {"sqlite": 0.45, "postgres": 0.35}  # ratio of bare POST (see the docstring)
 LATENCY_GOALS_MS = {"sqlite": (15, 50), "postgres": (30, 60)}  # p50 / p99, informational
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
