@@ -383,7 +383,10 @@ def dispatch(providers: dict[str, Provider], *, batch_size: int, max_attempts: i
 
 
 _ACCEPTED = (
-    "UPDATE message SET provider_message_id = ?, submitted_at = ?, due_at = NULL,"
+    # A provider whose receipts name messages by another id (ADOPTS_RECEIPT_ID) may have had
+    # that id adopted from a receipt that beat the send answer here: it is kept.
+    "UPDATE message SET provider_message_id = CASE WHEN ? AND provider_message_id IS NOT NULL"
+    " THEN provider_message_id ELSE ? END, submitted_at = ?, due_at = NULL,"
     " expires_at = ?, poll_at = ?, send_started_at = NULL, claimed_until = NULL,"
     " claimed_by = NULL, updated_at = ? WHERE id = ?")
 _SUBMITTED_EVENT = (
@@ -400,8 +403,10 @@ def record_accepted(message: Message, result: SendResult,
     # Hand-written statements: this runs for every message sent, in the dispatcher's one
     # thread, where peewee's query building would cost as much as the statements themselves.
     with _joined_tx():
-        execute(_ACCEPTED, (result.provider_message_id, now, starts + _validity(provider),
-                            _first_poll(provider, starts), now, message.id), prepare=True)
+        adopts = bool(getattr(provider, "ADOPTS_RECEIPT_ID", False))
+        execute(_ACCEPTED, (adopts, result.provider_message_id, now,
+                            starts + _validity(provider), _first_poll(provider, starts), now,
+                            message.id), prepare=True)
         applied = correlation.set_status(message.id, Status.ACCEPTED)
         execute(_SUBMITTED_EVENT, (message.id, message.provider, result.provider_message_id,
                                    _clip(result.raw), applied, now), prepare=True)
