@@ -317,7 +317,8 @@ HOSTILE: list[tuple[str, bytes, str]] = [
     ("date-out-of-range", json.dumps({
         "id": "1", "messageId": "1", "status": "DELIVERED", "deliveryMessageId": "X",
         "statusCode": 2, "timestamp": "9999-12-31T23:59:59-05:00",
-        "created": "9999-12-31T23:59:59-05:00", "status_time": "9999-12-31T23:59:59-05:00",
+        "created": "9999-12-31T23:59:59-05:00", "createTs": "9999-12-31T23:59:59-05:00",
+        "status_time": "9999-12-31T23:59:59-05:00",
         "eventId": "e1", "data": {"messageId": "1", "status": "DELIVRD",
                                   "statusUpdateTs": "0001-01-01T00:00:00+05:00"}}).encode(),
      "application/json"),

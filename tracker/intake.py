@@ -124,14 +124,15 @@ def verdict_of(errors: Sequence[str], outcomes: Sequence[Outcome]) -> Verdict:
     return Verdict.INVALID if errors else Verdict.IGNORED
 
 
-def set_verdict(callback_id: int, verdict: Verdict | str, *, detail: str | None = None,
-                keep_detail: bool = True) -> None:
-    """Give a stored callback its (new) verdict, and with `keep_detail=False` its detail."""
-    if keep_detail:
-        execute("UPDATE callback SET verdict = ? WHERE id = ?", (str(verdict), callback_id))
-    else:
-        execute("UPDATE callback SET verdict = ?, detail = ? WHERE id = ?",
-                (str(verdict), detail, callback_id))
+def set_verdict(callback_id: int, verdict: Verdict | str) -> None:
+    """Give a stored callback its final verdict (a batch's is known once it is applied)."""
+    execute("UPDATE callback SET verdict = ? WHERE id = ?", (str(verdict), callback_id))
+
+
+def rejudge(callback_id: int, verdict: Verdict | str, detail: str | None) -> None:
+    """Give a stored callback a new verdict and the reasons for it (replay)."""
+    execute("UPDATE callback SET verdict = ?, detail = ? WHERE id = ?",
+            (str(verdict), detail, callback_id))
 
 
 # -- the writes, run inside a shared transaction ------------------------------------------

@@ -100,8 +100,7 @@ def _replay_one(callback: Callback, provider: Provider, result: Replayed, *,
         result.note = problem + ("; dry run: nothing written" if dry_run else "")
         if not dry_run:
             with write_tx():
-                intake.set_verdict(callback.id, Verdict.UNAUTHORIZED, detail=problem,
-                                   keep_detail=False)
+                intake.rejudge(callback.id, Verdict.UNAUTHORIZED, problem)
         return result
     parsed = provider.parse_callback(request)
     try:
@@ -112,7 +111,7 @@ def _replay_one(callback: Callback, provider: Provider, result: Replayed, *,
             new = _new_verdict(callback.verdict, parsed.errors, outcomes)
             result.new_verdict = new
             detail = without_nul("; ".join(parsed.errors + parsed.notes)) or None
-            intake.set_verdict(callback.id, new, detail=detail, keep_detail=False)
+            intake.rejudge(callback.id, new, detail)
             after = _statuses(parsed.receipts)
             result.changes = [(ref, before[ref], after[ref]) for ref in after
                               if before.get(ref) != after[ref]]

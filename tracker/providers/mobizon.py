@@ -130,28 +130,30 @@ class MobizonProvider(Provider):
         **STATUS_MEANING, **API_CODE_MEANING,
     }
     DEFER_WINDOW = DEFER
+    _region_url: str | None = None  # the host a code 13 moved this process to
 
     def endpoint(self, module: str, method: str) -> str:
         """The URL of one API method, without the query string."""
-        base = getattr(self, "_region_url", None) or self.config["base_url"]
+        base = self._region_url or self.config["base_url"]
         return f"{base.rstrip('/')}/service/{module}/{method}"
 
-    def _wrong_server(self, data: Any) -> str:
+    def _wrong_server(self, data: Any) -> tuple[bool, str]:
         """Code 13: move to the account's region host when Mobizon names a documented one
         (for this process; the request was refused, so asking again there sends nothing
-        twice), and say what the operator should configure."""
+        twice). (moved?, what the operator should configure)."""
         named = str(data if not isinstance(data, dict) else
                     data.get("domain") or data.get("host") or data.get("server") or "")
         host = named.strip().lower().removeprefix("https://").removeprefix("http://")
         host = host.split("/", 1)[0]
         if host not in REGION_HOSTS:
-            return (f"Mobizon says this account's API server is {named[:100]!r}, which is not "
-                    f"one of its documented region hosts ({', '.join(sorted(REGION_HOSTS))}):"
-                    f" set providers.{self.slug}.base_url yourself if it is right")
+            return False, (f"Mobizon says this account's API server is {named[:100]!r}, which "
+                           f"is not one of its documented region hosts "
+                           f"({', '.join(sorted(REGION_HOSTS))}): set "
+                           f"providers.{self.slug}.base_url yourself if it is right")
         self._region_url = f"https://{host}"
         log.warning("Mobizon: this account's API server is %s; using it for now, set "
                     "providers.%s.base_url = \"https://%s\"", host, self.slug, host)
-        return (f"this account's API server is {host}: switched to it for this process (set "
+        return True, (f"this account's API server is {host}: switched to it for this process (set "
                 f"providers.{self.slug}.base_url = \"https://{host}\")")
 
     def _call(self, module: str, method: str, fields: dict[str, str]) -> httpx.Response:
@@ -199,8 +201,9 @@ class MobizonProvider(Provider):
         if text:
             detail += f": {text}"
         if code == "13":
-            detail += "; " + self._wrong_server(data)
-            if getattr(self, "_region_url", None):  # refused, not sent: ask again, there
+            moved, advice = self._wrong_server(data)
+            detail += "; " + advice
+            if moved:  # refused, not sent: ask again, there
                 raise SendError(detail, permanent=False, provider_side=True, code=code,
                                 raw=raw)
             raise SendError(detail, permanent=True, provider_side=True, code=code, raw=raw)
@@ -314,7 +317,7 @@ class MobizonProvider(Provider):
             return [Finding("host", True, f"{host} answers"),
                     Finding("key", True, "accepted (a status query for an unknown id)"), sender]
         if code == "13":
-            return [Finding("host", False, f"code 13: {self._wrong_server(data)}")]
+            return [Finding("host", False, f"code 13: {self._wrong_server(data)[1]}")]
         meaning = API_CODE_MEANING.get(code, "undocumented")
         return [Finding("host", True, f"{host} answers"),
                 Finding("key", False, f"code {code} ({meaning}){': ' + text if text else ''}")]
@@ -351,7 +354,7 @@ class MobizonProvider(Provider):
             return  # "record not found": none of these ids is known here
         if code != "0":
             meaning = API_CODE_MEANING.get(code, "undocumented")
-            extra = f"; {self._wrong_server(data)}" if code == "13" else ""
+            extra = f"; {self._wrong_server(data)[1]}" if code == "13" else ""
             raise PollError(f"Mobizon getSMSStatus code {code} ({meaning}): {text}{extra}")
         if isinstance(data, dict):  # a PHP array with gaps serializes as an object
             data = list(data.values())

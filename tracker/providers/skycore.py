@@ -376,17 +376,8 @@ class SkycoreProvider(Provider):
         else:  # the v2 word alone: a failure keeps it as its error
             error_code = None if status in (Status.SENT, Status.DELIVERED) else raw_status
         stamp = _json_text(fields.get("timestamp"))
-        parsed.receipts.append(Receipt(
-            provider=self.slug,
-            status=status,
-            provider_message_id=tracking_id,
-            raw_status=raw_status,
-            error_code=error_code,
-            occurred_at=parse_timestamp(stamp),
-            # As for the XML forms: id, raw status and the provider's time (a resent copy of
-            # one report is the same; a reused "temporary" tracking id is told apart by time).
-            dedupe_key=f"{tracking_id}|{raw_status}|{stamp or ''}",
-        ))
+        parsed.receipts.append(self._receipt(tracking_id, status, raw_status, error_code, None,
+                                             stamp))
 
     @staticmethod
     def _xml_bytes(request: CallbackRequest) -> bytes:
@@ -410,7 +401,13 @@ class SkycoreProvider(Provider):
             return
         status, raw_status, error_code, detail = self._classify(el, fields, code)
         stamp = safexml.find_text(fields, "TIMESTAMP") or safexml.attr(el, "CREATED")
-        parsed.receipts.append(Receipt(
+        parsed.receipts.append(self._receipt(tracking_id, status, raw_status, error_code,
+                                             detail, stamp))
+
+    def _receipt(self, tracking_id: str, status: Status, raw_status: str,
+                 error_code: str | None, detail: str | None, stamp: str | None) -> Receipt:
+        """One postback's receipt, XML or v2 JSON alike."""
+        return Receipt(
             provider=self.slug,
             status=status,
             provider_message_id=tracking_id,
@@ -419,9 +416,10 @@ class SkycoreProvider(Provider):
             detail=detail,
             occurred_at=parse_timestamp(stamp),
             # TRACKINGID is "temporary" (Appendix A) and may be reused: the provider's time
-            # keeps a later message's reports apart from an earlier one's.
+            # keeps a later message's reports apart from an earlier one's, while a resent copy
+            # of one report is the same.
             dedupe_key=f"{tracking_id}|{raw_status}|{stamp or ''}",
-        ))
+        )
 
     def _classify(self, el: Element, fields: Element, code: str
                   ) -> tuple[Status, str, str | None, str | None]:
