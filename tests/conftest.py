@@ -2,12 +2,18 @@
 
 Every test that takes `app` runs once per database: `sqlite` always, `postgres` when
 TRACKER_TEST_DATABASE_URL points at a server (a throwaway database is created for the session).
+
+On a developer's machine, tests that need what is not installed (Postgres, Chromium, LibreOffice,
+wrk) skip with the command that installs it. Under CI=true nothing may skip: what is missing is
+named before the first test runs, and a run in which any test skipped fails.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -21,8 +27,43 @@ from tracker import create_app, migrations
 from tracker.db import db
 
 PG_URL = os.environ.get("TRACKER_TEST_DATABASE_URL", "")
+CI = os.environ.get("CI") == "true"
 SKYCORE = {"api_key": "test-api-key", "shortcode": "60856", "callback_token": "sky-secret-token"}
 MOBIZON_KEY = "kz0123456789abcdef0123456789abcdef01234567"
+
+
+def missing_prerequisites() -> list[str]:
+    """What the whole suite needs and this machine lacks, each with how to get it."""
+    needs = [
+        (bool(PG_URL), "TRACKER_TEST_DATABASE_URL (a Postgres server the tests may create "
+                       "databases on)"),
+        (importlib.util.find_spec("selenium") is not None, "selenium (pip install -e '.[test]')"),
+        (shutil.which("chromium") is not None, "chromium (apt-get install chromium)"),
+        (shutil.which("chromedriver") is not None,
+         "chromedriver (apt-get install chromium-driver)"),
+        (shutil.which("soffice") is not None,
+         "LibreOffice (apt-get install libreoffice-calc-nogui)"),
+        (shutil.which("wrk") is not None, "wrk (apt-get install wrk)"),
+    ]
+    return [what for found, what in needs if not found]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under CI, a missing prerequisite fails the run before any test, instead of skipping."""
+    if CI and (missing := missing_prerequisites()):
+        raise pytest.UsageError("CI=true, but the suite cannot run whole; missing: "
+                                + "; ".join(missing))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI, a skipped test is a failure: it would hide whatever it should have caught."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if CI and skipped and exitstatus == pytest.ExitCode.OK:
+        if reporter:
+            reporter.write_line(f"CI=true: {skipped} test(s) skipped; skips fail the run under "
+                                "CI", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _admin_conn(url: str) -> Any:

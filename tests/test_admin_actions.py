@@ -24,6 +24,13 @@ def _failed() -> Message:
     return Message.get_by_id(message.id)
 
 
+def scheduled_message() -> Message:
+    """A message due in two hours: an admin may still cancel it."""
+    return sending.enqueue(sending.NewMessage(
+        to="+15551234888", text="later", provider="fake",
+        send_at=utcnow() + dt.timedelta(hours=2)), source="test")
+
+
 def test_admin_resends_a_failed_message_linked_both_ways(app: Any) -> None:
     accounts.create_user("boss", PASSWORD, "admin")
     old = _failed()
@@ -52,9 +59,7 @@ def test_admin_resends_a_failed_message_linked_both_ways(app: Any) -> None:
 
 def test_admin_cancels_a_scheduled_message(app: Any) -> None:
     accounts.create_user("boss", PASSWORD, "admin")
-    message = sending.enqueue(sending.NewMessage(
-        to="+15551234888", text="later", provider="fake",
-        send_at=utcnow() + dt.timedelta(hours=2)), source="test")
+    message = scheduled_message()
     admin = fresh_client(app)
     login(admin, "boss")
     admin.post(f"/messages/{message.id}/cancel",

@@ -130,3 +130,55 @@ def test_database_down_every_page_answers_503_then_works_again(tmp_path) -> None
     assert client.get("/messages").status_code == 200  # the same process, no restart
 
 
+
+
+def test_two_providers_may_report_under_the_same_key(app) -> None:
+    """Receipts are deduplicated per provider: a Skycore receipt whose key (and message id)
+    happens to equal a fake provider's is a receipt of its own, never taken for a duplicate."""
+    from tracker import correlation
+    from tracker.providers.base import Receipt
+    from tracker.status import Status
+
+    messages = {}
+    for provider in ("fake", "skycore"):
+        message = sending.enqueue(sending.NewMessage(to="+15551234888", text="hi",
+                                                     provider=provider), source="test")
+        sending.record_accepted(message, SendResult("X1"))
+        messages[provider] = message.id
+    verdicts = []
+    for provider in ("fake", "skycore"):
+        receipt = Receipt(provider=provider, status=Status.DELIVERED, provider_message_id="X1",
+                          raw_status="delivered", dedupe_key="X1|delivered")
+        with dbmod.write_tx():
+            verdicts.append(correlation.apply_receipt(receipt, source="test").verdict)
+    assert verdicts == ["applied", "applied"]
+    assert {Message.get_by_id(m).status for m in messages.values()} == {"delivered"}
+    # ... and a true copy from the same provider still is one.
+    again = Receipt(provider="skycore", status=Status.DELIVERED, provider_message_id="X1",
+                    raw_status="delivered", dedupe_key="X1|delivered")
+    with dbmod.write_tx():
+        assert correlation.apply_receipt(again, source="test").verdict == "duplicate"
+
+
+def test_an_orphan_stored_after_its_message_got_its_id_is_applied_by_the_worker(app) -> None:
+    """The race the orphan job exists for: a receipt was matched (and found no message) just
+    before the send answer gave the message its id, and was stored after the send answer's
+    own re-match had looked. The worker's job applies it; without the job the message would
+    stay 'accepted' forever."""
+    from tracker import correlation, jobs
+    from tracker.providers.base import Receipt
+    from tracker.status import Status
+
+    receipt = Receipt(provider="skycore", status=Status.DELIVERED, provider_message_id="LATE1",
+                      raw_status="N202", dedupe_key="LATE1|N202")
+    matched_too_early = correlation.Match(receipt, None, False, None)  # no message had LATE1
+    message = accepted_message("LATE1")  # the send answer, and its re-match: nothing yet
+    with dbmod.write_tx():
+        assert correlation.apply(matched_too_early, source="callback").verdict == "orphan"
+    assert Message.get_by_id(message.id).status == "accepted"
+
+    assert jobs.rematch_orphans(app) == 1
+    assert Message.get_by_id(message.id).status == "delivered"
+    event = Event.get(Event.dedupe_key == "skycore:LATE1|N202")
+    assert (event.message_id, event.applied) == (message.id, True)
+    assert jobs.rematch_orphans(app) == 0  # nothing left waiting

@@ -314,31 +314,43 @@ def test_reused_tracking_id_reaches_the_newer_message(app: Flask, sky: SkycoreSt
     assert (answers, reload(newer).status) == (["OK applied", "OK applied"], "delivered")
 
 
-def test_claim_running_out_mid_batch_does_not_send_twice(app: Flask, sky: SkycoreStandIn,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    # The claim is shortened to 0.5 s instead of waiting 120 s for a slow batch to outlast it.
+def test_a_send_in_flight_outlasts_its_claim_and_is_not_sent_twice(
+        app: Flask, sky: SkycoreStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provider holds one request past the claim (CLAIM_SECONDS, shortened here to
+    0.5 s): the started send holds a lease of its own, so a second dispatcher that runs then
+    takes nothing, and each message goes out once."""
     monkeypatch.setattr(sending, "CLAIM_SECONDS", 0.5)
-    queue("batch #1")
-    queue("batch #2")
+    batch = {m.text: m for m in (queue("batch #1"), queue("batch #2"))}
     second: dict[str, Any] = {}
 
-    def second_dispatcher(_request: object) -> None:
-        # While dispatcher 1 waits for its first answer, the claim runs out and dispatcher 2
-        # (here: the stand-in's handler thread, with its own connection) runs once.
+    def claim_ran_out(held: Message) -> bool:
+        started = Message.select(Message.send_started_at).where(Message.id == held.id).scalar()
+        assert started is not None, "a send in flight is recorded as started"
+        return utcnow() > started + dt.timedelta(seconds=sending.CLAIM_SECONDS)
+
+    def second_dispatcher(request: Any) -> None:
+        # The first request is held until its claim has run out (read from the database, not
+        # guessed from a sleep); then dispatcher 2 (the stand-in's handler thread, with its
+        # own connection) runs once.
         if second:
             return
-        second["ran"] = True
-        time.sleep(0.7)
+        second["held"] = request.fields["TEXT"]
         try:
+            deadline = time.monotonic() + 30
+            while not claim_ran_out(batch[second["held"]]):
+                assert time.monotonic() < deadline, "the claim never ran out"
+                time.sleep(0.02)
             second["tried"] = dispatch(app)
         finally:
             if not db.is_closed():
                 db.close()
 
     sky.on_request = second_dispatcher
-    dispatch(app)
+    assert dispatch(app) == 2
     assert not sky.hook_errors
-    assert Counter(r.fields["TEXT"] for r in sky.requests) == {"batch #1": 1, "batch #2": 1}
+    assert second["tried"] == 0 and second["held"] in batch
+    assert sorted(r.fields["TEXT"] for r in sky.requests) == ["batch #1", "batch #2"]
+    assert {reload(m).status for m in batch.values()} == {"accepted"}
 
 
 # -- two dispatchers -------------------------------------------------------------------------

@@ -363,3 +363,37 @@ def test_large_exports_download_complete_over_http(app, database_url, tmp_path,
                 assert ids == {m.id for m in Message.select(Message.id)}
             else:
                 assert ids == failed_fake
+
+
+@pytest.mark.parametrize(("role", "masked"), [("viewer", True), ("admin", False)])
+def test_an_export_from_the_page_masks_phone_numbers_for_viewers(database_url, tmp_path, role,
+                                                                 masked) -> None:
+    """With `mask_phone_numbers` on, a viewer's export (started from the page, written by its
+    own job) carries the numbers as the page shows them; an admin's carries them whole."""
+    from conftest import make_config, running
+
+    with running(make_config(database_url, mask_phone_numbers=True)) as masked_app:
+        masked_app.config["EXPORTS_DIR"] = str(tmp_path / "exports")
+        accounts.create_user("ana", PASSWORD, role)
+        seed(3)
+        client = masked_app.test_client()
+        login(client, "ana")
+        started = get(client, "/messages/export?format=csv")
+        assert started.status_code == 303, started.data
+        location = started.headers["Location"]
+        deadline = time.monotonic() + 60
+        while "/download" not in location:  # still running: its status page, until done
+            assert time.monotonic() < deadline, get(client, location).get_data(as_text=True)
+            time.sleep(0.2)
+            page = get(client, location)
+            if page.status_code == 200 and "Refresh" not in page.headers:
+                location += "/download"
+        download = get(client, location)
+        assert download.status_code == 200
+        rows = list(csv.DictReader(io.StringIO(download.get_data(as_text=True).lstrip("\ufeff"))))
+        download.close()
+    whole = sorted(f"+7701{i:07d}" for i in range(3))
+    # A masked number is no longer E.164, so the CSV quotes it as text like any free text
+    # starting with "+" (a spreadsheet would read it as a formula).
+    assert sorted(r["to"] for r in rows) == (
+        ["'" + mask_phone(n) for n in whole] if masked else whole)

@@ -169,3 +169,52 @@ def test_concurrent_receipts_never_regress(app, database_url) -> None:
         assert len(events) == 4
         assert [e.status for e in events if e.applied and RANK[Status(e.status)] == 3] == [
             "delivered"]
+
+
+# --- a receipt judged before another writer moved the message ---------------------------------
+
+CALLBACK_URL = "/callbacks/skycore/sky-secret-token"
+
+
+def _postback(tracking: str, code: str, at: dt.datetime) -> bytes:
+    return (f"<POSTBACK><ORIGIN>SMS_MT</ORIGIN><CODE>{code}</CODE><STATUS>x</STATUS>"
+            f"<TRACKINGID>{tracking}</TRACKINGID><TIMESTAMP>{at:%Y-%m-%dT%H:%M:%S}+00:00"
+            f"</TIMESTAMP></POSTBACK>").encode()
+
+
+@pytest.mark.parametrize(("first", "late_code", "late"), [
+    (Status.DELIVERED, "E202", Status.UNDELIVERED),
+    (Status.UNDELIVERED, "N202", Status.DELIVERED),
+])
+def test_a_conflicting_final_receipt_that_lost_the_race_never_replaces_the_first(
+        app, monkeypatch: pytest.MonkeyPatch, first: Status, late_code: str,
+        late: Status) -> None:
+    """Two final receipts for one message, handled at once by two workers: the intake judges
+    the second against 'accepted' (it would apply), and before it writes, the other worker's
+    final receipt lands. The database's guard, not that stale judgement, decides: the first
+    final status stays, the second is kept as an event that did not apply. The second carries
+    the later provider time, so only the "final is final" half of the guard can refuse it."""
+    message = _make_message()
+    real_match = correlation.match
+
+    def match_then_lose_the_race(receipt: Receipt) -> correlation.Match:
+        found = real_match(receipt)
+        monkeypatch.setattr(correlation, "match", real_match)  # the other worker: plain
+        other = Receipt(provider="skycore", status=first, occurred_at=T0,
+                        provider_message_id=message.provider_message_id,
+                        dedupe_key=f"{message.provider_message_id}|first")
+        with write_tx():
+            assert correlation.apply_receipt(other, source="test").verdict == "applied"
+        return found
+
+    monkeypatch.setattr(correlation, "match", match_then_lose_the_race)
+    answer = app.test_client().post(
+        CALLBACK_URL, data=_postback(message.provider_message_id, late_code,
+                                     T0 + dt.timedelta(minutes=5)),
+        content_type="text/xml")
+    assert answer.status_code == 200, answer.data
+    assert Message.get_by_id(message.id).status == first
+    events = Event.select().where((Event.message == message.id) & (Event.kind == "receipt"))
+    assert sorted((e.status, e.applied) for e in events) == sorted(
+        [(first.value, True), (late.value, False)])
+    assert answer.data == b"OK ignored\n"
