@@ -53,6 +53,7 @@ COVERED = {
     "dispatch.py": "test_dispatch_smoke, test_dispatch_postgres",
     "skycore_standin.py": "test_skycore_standin, and every dispatch run",
     "slow_clients.py": "test_slow_clients_smoke",
+    "mutants.py": "test_mutants_smoke",
 }
 
 
@@ -196,6 +197,16 @@ def test_profile_callback(db: str, tmp_path: Path) -> None:
     output = run_bench("profile_callback.py", "--db", db, "--requests", "100", "--messages",
                        "500", "--quiet-wait", "0", *extra, cwd=tmp_path)
     assert "sequential callbacks" in output, output[-3000:]
+
+
+def test_mutants_smoke(tmp_path: Path) -> None:
+    """Two mutants of one small function against one test file: the tree is copied, mutmut
+    runs there, and both are reported killed."""
+    output = run_bench("mutants.py", "--only", "tracker/status.py", "--tests",
+                       "tests/test_status.py::test_rank_rule", "--names",
+                       "tracker.status.x_is_final*", cwd=tmp_path)
+    assert re.search(r"^tracker\.status +2 +0 +0 +0$", output, re.MULTILINE), output
+    assert "0 survivor(s)" in output, output
 
 
 def test_flock_handoff(tmp_path: Path) -> None:
