@@ -182,9 +182,8 @@ def test_failover_and_retry_with_backoff_under_concurrency(app: Flask, sky: Skyc
     sky.default = Reply.http_error(503, b"<html>down</html>", delay=0.05)
     routed = [queue(f"routed #{i:02d}", failover=("mobizon",)) for i in range(20)]
     direct = [queue(f"direct #{i:02d}") for i in range(10)]  # skycore only: retried there
-    started = time.monotonic()
     assert dispatch(app, backoff_seconds=0.5) == 30
-    assert time.monotonic() - started < 0.05 * 30 / 2  # 8 in flight, not one after another
+    assert 1 < sky.peak_concurrency <= 8  # side by side, and never past max_in_flight
     for message in direct:
         stored = Message.get_by_id(message.id)
         assert (stored.status, stored.attempts, kinds(message.id)[-1]) == ("queued", 1, "retry")

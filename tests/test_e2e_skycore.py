@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from conftest import SKYCORE
 from servers import db_rows, start_tracker, tracker_serve, wait_until
 from standins.skycore import Reply, SendRequest, SkycoreStandIn
@@ -198,8 +200,17 @@ def test_v2_json_postbacks_move_a_sent_message_to_delivered(database_url: str,
         assert len(sky.requests) == 1
 
 
-def test_serve_starts_with_tracker_log_level_set(tmp_path: Path) -> None:
+@pytest.mark.parametrize("level", ["INFO", "WARNING"])
+def test_serve_honours_tracker_log_level(tmp_path: Path, level: str) -> None:
+    """TRACKER_LOG_LEVEL reaches the web app and the worker: at WARNING the worker's routine
+    INFO lines (started, took the lease, stopped) are not written; at INFO they are. `stop()`
+    checks the rest: gunicorn and the worker ran, and all exit 0 on SIGTERM."""
     with SkycoreStandIn() as sky:
         server = start_tracker(tmp_path, database_url=f"sqlite:///{tmp_path / 't.sqlite3'}",
-                               skycore_url=sky.url, env={"TRACKER_LOG_LEVEL": "WARNING"})
+                               skycore_url=sky.url, env={"TRACKER_LOG_LEVEL": level})
         server.stop()
+    routine = re.findall(r" INFO \[tracker\.[a-z.]+\] .*", server.output())
+    if level == "INFO":
+        assert any("worker" in line and "stopped" in line for line in routine), server.output()
+    else:
+        assert routine == [], routine

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
 
-from click.testing import CliRunner
+from conftest import make_config
+from servers import tracker_command, write_config
 
-from tracker import cli, replay, sending
+from tracker import replay, sending
 from tracker.db import write_tx
 from tracker.models import Callback, Event, Message
 from tracker.providers.base import SendResult
@@ -60,17 +63,26 @@ def test_selection_by_id_time_and_verdict(app) -> None:
     assert list(replay.select_callbacks(verdict="applied")) == []
 
 
-def test_cli(app, monkeypatch) -> None:
-    monkeypatch.setattr(cli, "_app", lambda: app)
+def test_cli(app, database_url, tmp_path) -> None:
+    """`tracker callbacks replay` as a user runs it: its own process, the configuration read
+    from the file TRACKER_CONFIG names (not the test's app)."""
+    config = write_config(tmp_path / "tracker.toml", make_config(database_url))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")},
+           "TRACKER_CONFIG": str(config)}
+
+    def tracker(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*tracker_command(), "callbacks", "replay", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
     callback = stored_as_invalid(BODY)  # no message R1: the replay makes it an orphan
-    runner = CliRunner()
-    dry = runner.invoke(cli.main, ["callbacks", "replay", "--verdict", "invalid", "--dry-run"])
-    assert dry.exit_code == 0, dry.output
-    assert f"callback #{callback.id} skycore: invalid -> orphan" in dry.output
+    dry = tracker("--verdict", "invalid", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"callback #{callback.id} skycore: invalid -> orphan" in dry.stdout
     assert Callback.get_by_id(callback.id).verdict == "invalid"
-    real = runner.invoke(cli.main, ["callbacks", "replay", "--id", str(callback.id)])
-    assert real.exit_code == 0 and Callback.get_by_id(callback.id).verdict == "orphan"
-    assert runner.invoke(cli.main, ["callbacks", "replay"]).exit_code == 2  # says which
+    real = tracker("--id", str(callback.id))
+    assert real.returncode == 0, real.stderr
+    assert Callback.get_by_id(callback.id).verdict == "orphan"
+    assert tracker().returncode == 2  # says which
 
 
 def test_replay_reports_a_row_that_fails_again_and_goes_on(app) -> None:

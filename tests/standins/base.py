@@ -25,6 +25,14 @@ class StandInServer(ThreadingHTTPServer):
     request_queue_size = 128
     stand_in: Any  # the StandIn serving, for the handler
 
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """One connection (one request: HTTP/1.0), counted while it is being served."""
+        self.stand_in._connection_opened()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.stand_in._connection_closed()
+
 
 class StandInHandler(BaseHTTPRequestHandler):
     server: StandInServer
@@ -63,6 +71,8 @@ class StandIn(Generic[R]):
         self.hook_errors: list[BaseException] = []  # what the test's hooks raised
         self._lock = threading.Lock()
         self._requests: list[R] = []
+        self._serving = 0
+        self.peak_concurrency = 0  # the most requests this stand-in served at once
         self._stopping = threading.Event()  # set by stop(): cuts slow answers short
         self._server: StandInServer | None = None
         self._thread: threading.Thread | None = None
@@ -135,6 +145,15 @@ class StandIn(Generic[R]):
         raise AssertionError(failure())
 
     # request handling (handler threads)
+
+    def _connection_opened(self) -> None:
+        with self._lock:
+            self._serving += 1
+            self.peak_concurrency = max(self.peak_concurrency, self._serving)
+
+    def _connection_closed(self) -> None:
+        with self._lock:
+            self._serving -= 1
 
     def _record(self, request: R) -> None:
         with self._lock:
