@@ -1,5 +1,6 @@
-"""WSGI entry point: `gunicorn wsgi:app`."""
+"""WSGI entry point in a checkout: `gunicorn -c config/gunicorn.conf.py wsgi:app`. Installed
+packages use `tracker.wsgi:app` (what `tracker serve` runs)."""
 
-from tracker import create_app
+from tracker.wsgi import app
 
-app = create_app()
+__all__ = ["app"]

@@ -205,12 +205,17 @@ def test_serve_honours_tracker_log_level(tmp_path: Path, level: str) -> None:
     """TRACKER_LOG_LEVEL reaches the web app and the worker: at WARNING the worker's routine
     INFO lines (started, took the lease, stopped) are not written; at INFO they are. `stop()`
     checks the rest: gunicorn and the worker ran, and all exit 0 on SIGTERM."""
+    url = f"sqlite:///{tmp_path / 't.sqlite3'}"
     with SkycoreStandIn() as sky:
-        server = start_tracker(tmp_path, database_url=f"sqlite:///{tmp_path / 't.sqlite3'}",
-                               skycore_url=sky.url, env={"TRACKER_LOG_LEVEL": level})
+        server = start_tracker(tmp_path, database_url=url, skycore_url=sky.url,
+                               env={"TRACKER_LOG_LEVEL": level})
+        # The worker is past its start (it holds the job lease) before it is stopped.
+        wait_until(lambda: db_rows(url, "SELECT count(*) FROM lease")[0][0], timeout=60,
+                   message="the worker never took the job lease")
         server.stop()
     routine = re.findall(r" INFO \[tracker\.[a-z.]+\] .*", server.output())
     if level == "INFO":
+        assert any("took the job lease" in line for line in routine), server.output()
         assert any("worker" in line and "stopped" in line for line in routine), server.output()
     else:
         assert routine == [], routine

@@ -270,23 +270,24 @@ def test_bad_reports_fail_at_start_naming_the_key(tmp_path, reports_cfg, message
 def test_rollup_interval_is_a_positive_number(tmp_path) -> None:
     for bad in (0, "often"):
         with pytest.raises(ConfigError, match="rollup_interval_seconds"):
-            load(str(tmp_path), {"rollup_interval_seconds": bad})
-    assert load(str(tmp_path), {})["rollup_interval_seconds"] == 300
+            load({"instance_dir": str(tmp_path)} | {"rollup_interval_seconds": bad})
+    assert load({"instance_dir": str(tmp_path)} | {})["rollup_interval_seconds"] == 300
 
 
 def test_reports_from_env_and_the_folder(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TRACKER_REPORTS__NIGHTLY__SCHEDULE", "weekly")
     monkeypatch.setenv("TRACKER_REPORTS__NIGHTLY__KEEP", "7")
     monkeypatch.setenv("TRACKER_REPORTS__NIGHTLY__AT", "04:30")
-    cfg = load(str(tmp_path / "instance"), {})
+    cfg = load({"instance_dir": str(tmp_path / "instance")} | {})
     nightly = cfg["reports"]["nightly"]
     assert (nightly.schedule, nightly.keep, nightly.at, nightly.weekday) == (
         "weekly", 7, dt.time(4, 30), 0)
     assert nightly.format == "csv" and nightly.filters() == {}
     assert cfg["reports_dir"] == str(tmp_path / "instance" / "reports")
-    assert load(str(tmp_path / "instance"), {"reports_dir": "out"})["reports_dir"] == str(
-        tmp_path / "out")  # relative: to the project folder, whatever the working directory
-    assert load(str(tmp_path / "instance"), {"reports_dir": "/srv/r"})["reports_dir"] == "/srv/r"
+    instance = {"instance_dir": str(tmp_path / "instance")}
+    # Relative: to the instance folder's parent (the project's), whatever the working directory.
+    assert load(instance | {"reports_dir": "out"})["reports_dir"] == str(tmp_path / "out")
+    assert load(instance | {"reports_dir": "/srv/r"})["reports_dir"] == "/srv/r"
 
 
 def test_toml_time_is_accepted() -> None:

@@ -19,7 +19,7 @@ def test_layers_defaults_file_env_test(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TRACKER_CONFIG", str(config))
     monkeypatch.setenv("TRACKER_CALLBACK_MAX_BYTES", "4096")
     monkeypatch.setenv("TRACKER_PROVIDERS__SKYCORE__API_KEY", "from-env")
-    cfg = load(str(tmp_path / "instance"), {"default_region": "UZ"})
+    cfg = load({"instance_dir": str(tmp_path / "instance")} | {"default_region": "UZ"})
     assert cfg["callback_max_bytes"] == 4096  # env beats file
     assert cfg["providers"]["skycore"]["api_key"] == "from-env"
     assert cfg["providers"]["skycore"]["shortcode"] == "60856"  # file beats default
@@ -30,18 +30,18 @@ def test_layers_defaults_file_env_test(tmp_path, monkeypatch) -> None:
 def test_fake_is_configured_only_until_real_providers_are(tmp_path) -> None:
     """Out of the box the offline provider is there; a deployment that names its providers
     has those alone (its dashboard offers no "fake"), unless it names fake too."""
-    assert set(load(str(tmp_path), {})["providers"]) == {"fake"}
+    assert set(load({"instance_dir": str(tmp_path)} | {})["providers"]) == {"fake"}
     real = {"providers": {"skycore": SKY}, "default_provider": "skycore"}
-    assert set(load(str(tmp_path), real)["providers"]) == {"skycore"}
+    assert set(load({"instance_dir": str(tmp_path)} | real)["providers"]) == {"skycore"}
     both = {"providers": {"skycore": SKY, "fake": {}}}
-    assert set(load(str(tmp_path), both)["providers"]) == {"skycore", "fake"}
+    assert set(load({"instance_dir": str(tmp_path)} | both)["providers"]) == {"skycore", "fake"}
     with pytest.raises(ConfigError, match=r"default_provider: required .* one of: skycore"):
-        load(str(tmp_path), {"providers": {"skycore": SKY}})
+        load({"instance_dir": str(tmp_path)} | {"providers": {"skycore": SKY}})
 
 
 def test_secret_key_is_generated_once_outside_the_repo(tmp_path) -> None:
-    first = load(str(tmp_path), {})["secret_key"]
-    assert first == load(str(tmp_path), {})["secret_key"] and len(first) > 40
+    first = load({"instance_dir": str(tmp_path)} | {})["secret_key"]
+    assert first == load({"instance_dir": str(tmp_path)} | {})["secret_key"] and len(first) > 40
     assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
 
 
@@ -67,3 +67,18 @@ def test_env_numbers_are_checked() -> None:
     with pytest.raises(ConfigError, match="TRACKER_CALLBACK_MAX_BYTES"):
         from_env({"TRACKER_CALLBACK_MAX_BYTES": "lots"})
     assert from_env({"TRACKER_TEST_DATABASE_URL": "x", "OTHER": "y"}) == {}
+
+
+def test_the_instance_folder_is_the_working_directory_s_unless_configured(
+        tmp_path, monkeypatch) -> None:
+    """An installed package must never write into site-packages: instance/ is found where
+    `tracker` is started, or where instance_dir / TRACKER_INSTANCE_DIR say, and is absolute
+    from then on (the children of `tracker serve` may run elsewhere)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load({})
+    assert cfg["instance_dir"] == str(tmp_path / "instance")
+    assert cfg["database_url"] == f"sqlite:///{tmp_path / 'instance' / 'tracker.sqlite3'}"
+    assert (tmp_path / "instance" / "secret_key").exists()
+    monkeypatch.setenv("TRACKER_INSTANCE_DIR", "data")
+    assert load({})["instance_dir"] == str(tmp_path / "data")
+    assert load({"instance_dir": str(tmp_path / "x")})["instance_dir"] == str(tmp_path / "x")

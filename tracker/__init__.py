@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
-ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent
+ROOT = PACKAGE.parent  # the checkout, when run from one
+
+
+def _version() -> str:
+    """The one version: pyproject.toml's, read from the installed package's metadata."""
+    try:
+        return metadata.version("dlr-tracker")
+    except metadata.PackageNotFoundError:  # imported from a tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
+
+
+def shipped(name: str) -> Path:
+    """A folder the project keeps at its top level (templates/, config/): inside the package
+    when installed from a wheel (pyproject.toml maps it there), beside it in a checkout."""
+    inside = PACKAGE / name
+    return inside if inside.is_dir() else ROOT / name
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -26,9 +46,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         security,
     )
 
-    app = Flask(__name__, instance_path=str(ROOT / "instance"),
-                template_folder=str(ROOT / "templates"))
-    cfg = settings.load(app.instance_path, test_config)
+    cfg = settings.load(test_config)
+    app = Flask(__name__, instance_path=cfg["instance_dir"],
+                template_folder=str(shipped("templates")))
     app.config.update(
         TRACKER=cfg,
         SECRET_KEY=cfg["secret_key"],

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 from flask import Flask
 
-from . import ROOT, create_app, logmask
+from . import __version__, create_app, logmask, shipped
 from .errors import ConfigError
 from .settings import DEFAULTS
 
@@ -48,6 +51,7 @@ def _setup_logging(app: Flask) -> None:
 
 
 @click.group()
+@click.version_option(__version__, prog_name="tracker")
 def main() -> None:
     """dlr-tracker: send SMS and track every delivery receipt."""
 
@@ -67,14 +71,40 @@ def serve(host: str, port: int, workers: int | None) -> None:
         env["TRACKER_PUBLIC_BASE_URL"] = f"http://{host}:{port}"
     env["TRACKER_WEB_WORKERS"] = str(workers or cfg["web_workers"])
     env["TRACKER_WEB_THREADS"] = str(cfg["web_threads"])
+    env["TRACKER_INSTANCE_DIR"] = cfg["instance_dir"]  # the same folder for every child
     web = subprocess.Popen([  # noqa: S603 - our own interpreter and arguments
         sys.executable, "-m", "gunicorn", "--config", "python:tracker.gunicorn_conf",
-        "--chdir", str(ROOT), "--bind", f"{host}:{port}", "wsgi:app",
+        "--bind", f"{host}:{port}", "tracker.wsgi:app",
     ], env=env)
     worker = subprocess.Popen([sys.executable, "-m", "tracker.cli", "worker"], env=env)
-    click.echo(f"dlr-tracker on http://{host}:{port} (web pid {web.pid}, worker pid {worker.pid})",
-               err=True)
+    click.echo(f"dlr-tracker {__version__} on http://{host}:{port} (web pid {web.pid}, worker"
+               f" pid {worker.pid}); instance folder {cfg['instance_dir']}", err=True)
     sys.exit(_supervise([web, worker]))
+
+
+@main.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite an existing tracker.toml.")
+def init(directory: Path, force: bool) -> None:
+    """Write DIRECTORY/tracker.toml (default: here), the commented example configuration with
+    its instance folder set to DIRECTORY/instance, and say what to run next."""
+    directory = directory.expanduser().resolve()
+    target = directory / "tracker.toml"
+    if target.exists() and not force:
+        raise click.ClickException(f"{target} exists; --force overwrites it")
+    example = (shipped("config") / "tracker.example.toml").read_text(encoding="utf-8")
+    instance = directory / "instance"
+    header = (f"# Written by `tracker init` from the example shipped with dlr-tracker "
+              f"{__version__}.\n"
+              f"# The database (SQLite by default), the secret key and exports live here:\n"
+              f"instance_dir = {json.dumps(str(instance))}\n\n")
+    directory.mkdir(parents=True, exist_ok=True)
+    target.write_text(header + example, encoding="utf-8")
+    click.echo(f"wrote {target}")
+    click.echo("next:")
+    click.echo(f"  TRACKER_CONFIG={shlex.quote(str(target))} tracker users create admin"
+               " --role admin")
+    click.echo(f"  TRACKER_CONFIG={shlex.quote(str(target))} tracker serve")
 
 
 def _supervise(children: list[subprocess.Popen[bytes]]) -> int:

@@ -22,6 +22,7 @@ ENV_PREFIX = "TRACKER_"
 
 # Top-level keys, their type and default. `None` defaults are derived at load time.
 DEFAULTS: dict[str, Any] = {
+    "instance_dir": None,  # default: instance/ in the current directory (SQLite, secret key)
     "database_url": None,  # default: SQLite file under instance/
     "public_base_url": "http://127.0.0.1:8000",
     "secret_key": None,  # default: generated once into instance/secret_key
@@ -50,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 TYPES: dict[str, type | tuple[type, ...]] = {
+    "instance_dir": str,
     "database_url": str,
     "public_base_url": str,
     "secret_key": str,
@@ -78,7 +80,7 @@ TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def load(instance_path: str, test_config: dict[str, Any] | None = None) -> dict[str, Any]:
+def load(test_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge every layer and validate the top-level keys."""
     merged = copy.deepcopy(DEFAULTS)
     layers = [from_env(os.environ), copy.deepcopy(test_config or {})]
@@ -93,7 +95,11 @@ def load(instance_path: str, test_config: dict[str, Any] | None = None) -> dict[
     for layer in layers:
         _merge(merged, layer)
     _validate(merged)
-    _derive(merged, Path(instance_path))
+    # Absolute from here on: `tracker serve` hands it to its children, whatever their working
+    # directory. Never inside the package: an installed one sits in site-packages.
+    instance = Path(merged["instance_dir"] or "instance").expanduser().resolve()
+    merged["instance_dir"] = str(instance)
+    _derive(merged, instance)
     return merged
 
 

@@ -16,24 +16,16 @@ import hmac
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from importlib import metadata
 from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
 import httpx
 
+from .. import __version__
 from ..errors import ConfigError
 from ..status import Status
 
-
-def _version() -> str:
-    try:
-        return metadata.version("dlr-tracker")
-    except metadata.PackageNotFoundError:
-        return "0"
-
-
-USER_AGENT = f"dlr-tracker/{_version()}"
+USER_AGENT = f"dlr-tracker/{__version__}"
 
 
 @dataclass(frozen=True)

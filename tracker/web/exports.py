@@ -40,7 +40,7 @@ from flask import (
 )
 from flask_login import current_user, login_required
 
-from .. import ROOT, exports, reporting
+from .. import exports, reporting
 
 bp = Blueprint("exports", __name__)
 
@@ -151,9 +151,10 @@ def start() -> Any:
                "--output", str(output), *(["--mask-phones"] if mask else [])]
     # The job reads the database this app reads, whatever the config file says.
     env = {**os.environ, "TRACKER_DATABASE_URL": cfg["database_url"],
-           "TRACKER_DEFAULT_REGION": cfg["default_region"]}
+           "TRACKER_DEFAULT_REGION": cfg["default_region"],
+           "TRACKER_INSTANCE_DIR": cfg["instance_dir"]}
     with open(folder / f"{token}.log", "wb") as log:
-        child = subprocess.Popen(command, env=env, cwd=ROOT, stdin=subprocess.DEVNULL,  # noqa: S603
+        child = subprocess.Popen(command, env=env, cwd=folder, stdin=subprocess.DEVNULL,  # noqa: S603
                                  stdout=log, stderr=log, start_new_session=True)
     _children[token] = child
     (folder / f"{token}.json").write_text(json.dumps({
