@@ -182,3 +182,34 @@ def test_an_orphan_stored_after_its_message_got_its_id_is_applied_by_the_worker(
     event = Event.get(Event.dedupe_key == "skycore:LATE1|N202")
     assert (event.message_id, event.applied) == (message.id, True)
     assert jobs.rematch_orphans(app) == 0  # nothing left waiting
+
+
+def test_orphans_applied_late_keep_their_time_error_and_order(app) -> None:
+    """Receipts that waited for their message are applied, when it gets its id, as if they had
+    come after it: in arrival order, by the status rule, with their provider time, error code
+    and detail; the one the rule refuses says why."""
+    import datetime as dt
+
+    from tracker import correlation
+    from tracker.providers.base import Receipt
+    from tracker.status import Status
+
+    t0 = dt.datetime(2026, 5, 1, 12, 0, 0)
+    waiting = [(Status.SENT, 5, None, None), (Status.SENT, 9, None, None),
+               (Status.UNDELIVERED, 10, "E205", "absent subscriber"), (Status.SENT, 7, None, None)]
+    for status, second, code, detail in waiting:
+        receipt = Receipt(provider="skycore", status=status, provider_message_id="LATE2",
+                          raw_status=f"{status}@{second}", error_code=code, detail=detail,
+                          occurred_at=t0 + dt.timedelta(seconds=second),
+                          dedupe_key=f"LATE2|{status}|{second}")
+        with dbmod.write_tx():
+            assert correlation.apply_receipt(receipt, source="callback").verdict == "orphan"
+    message = accepted_message("LATE2")  # the send answer applies what waited for it
+    stored = Message.get_by_id(message.id)
+    assert (stored.status, stored.error_code, stored.error_detail, stored.status_at) == (
+        "undelivered", "E205", "absent subscriber", t0 + dt.timedelta(seconds=10))
+    events = {e.raw_status: (e.applied, e.reason) for e in Event.select().where(
+        (Event.message == message.id) & (Event.kind == "receipt"))}
+    assert events == {
+        "sent@5": (True, None), "sent@9": (True, None), "undelivered@10": (True, None),
+        "sent@7": (False, "message is already final (undelivered)")}

@@ -13,7 +13,7 @@ from tracker import correlation, sending
 from tracker.db import db, write_tx
 from tracker.models import Event, Message
 from tracker.providers.base import Receipt
-from tracker.status import FINAL, RANK, Current, Status, decide, order_key
+from tracker.status import FINAL, RANK, Current, Decision, Status, decide, order_key
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0)
 
@@ -53,6 +53,8 @@ def test_inferred_expiry_yields_only_to_a_provider_final() -> None:
 def test_reasons_say_why() -> None:
     assert decide(current(Status.DELIVERED), Status.SENT, T0).reason == (
         "message is already final (delivered)")
+    assert decide(current(Status.DELIVERED), Status.DELIVERED, T0) == Decision(
+        False, "message is already delivered")  # a second "delivered" is no conflict
     assert "ranks below" in (decide(current(Status.SENT, T0), Status.ACCEPTED, T0).reason or "")
 
 
@@ -215,6 +217,7 @@ def test_a_conflicting_final_receipt_that_lost_the_race_never_replaces_the_first
     assert answer.status_code == 200, answer.data
     assert Message.get_by_id(message.id).status == first
     events = Event.select().where((Event.message == message.id) & (Event.kind == "receipt"))
-    assert sorted((e.status, e.applied) for e in events) == sorted(
-        [(first.value, True), (late.value, False)])
+    assert sorted((e.status, e.applied, e.reason) for e in events) == sorted(
+        [(first.value, True, None),
+         (late.value, False, f"message is already final ({first.value})")])
     assert answer.data == b"OK ignored\n"
