@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tracker import correlation, sending
 from tracker.db import db, write_tx
-from tracker.models import Event, Message
+from tracker.models import Callback, Event, Message
 from tracker.providers.base import Receipt
 from tracker.status import FINAL, RANK, Current, Decision, Status, decide, order_key
 
@@ -55,6 +55,12 @@ def test_reasons_say_why() -> None:
         "message is already final (delivered)")
     assert decide(current(Status.DELIVERED), Status.DELIVERED, T0) == Decision(
         False, "message is already delivered")  # a second "delivered" is no conflict
+    # The same status at the same provider time is no news; a lower rank never wins, even
+    # with a later time.
+    assert decide(current(Status.SENT, T0), Status.SENT, T0) == Decision(
+        False, "not newer than the current status sent")
+    assert decide(current(Status.SENT, T0), Status.ACCEPTED, T0 + dt.timedelta(hours=1)) == (
+        Decision(False, "accepted ranks below the current status sent"))
     assert "ranks below" in (decide(current(Status.SENT, T0), Status.ACCEPTED, T0).reason or "")
 
 
@@ -221,3 +227,5 @@ def test_a_conflicting_final_receipt_that_lost_the_race_never_replaces_the_first
         [(first.value, True, None),
          (late.value, False, f"message is already final ({first.value})")])
     assert answer.data == b"OK ignored\n"
+    # ... and the stored callback says so too (it was written expecting "applied").
+    assert Callback.get().verdict == "ignored"
