@@ -72,7 +72,9 @@ class StandIn(Generic[R]):
         self._lock = threading.Lock()
         self._requests: list[R] = []
         self._serving = 0
-        self.peak_concurrency = 0  # the most requests this stand-in served at once
+        # The most connections this stand-in served at once. A connection's thread outlives
+        # its answer by a moment, so this may exceed what the client had in flight.
+        self.peak_concurrency = 0
         self._stopping = threading.Event()  # set by stop(): cuts slow answers short
         self._server: StandInServer | None = None
         self._thread: threading.Thread | None = None
