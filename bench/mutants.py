@@ -34,10 +34,12 @@ COPIED = ("tracker", "tests", "templates", "config", "wsgi.py", "pyproject.toml"
 
 # The tests that hold each module's guarantees: what a mutant of it must fail.
 FOCUS = {
-    "tracker/status.py": ["tests/test_status.py", "tests/test_callbacks.py"],
+    "tracker/status.py": ["tests/test_status.py", "tests/test_callbacks.py",
+                          "tests/test_sending_features.py"],
     "tracker/correlation.py": ["tests/test_status.py", "tests/test_callbacks.py",
                                "tests/test_replay.py", "tests/test_mobivate.py",
-                               "tests/test_provider_endpoints.py"],
+                               "tests/test_provider_endpoints.py",
+                               "tests/test_sending_features.py", "tests/test_dispatch.py"],
     "tracker/intake.py": ["tests/test_callbacks.py", "tests/test_provider_endpoints.py",
                           "tests/test_hostile_callbacks.py", "tests/test_mobizon.py",
                           "tests/test_replay.py", "tests/test_groupcommit.py",
@@ -46,7 +48,7 @@ FOCUS = {
                            "tests/test_admin_actions.py"],
     "tracker/web/callbacks.py": ["tests/test_callbacks.py", "tests/test_provider_endpoints.py"],
     "tracker/web/auth.py": ["tests/test_dashboard.py", "tests/test_accounts.py",
-                            "tests/test_csrf.py"],
+                            "tests/test_csrf.py", "tests/test_admin_actions.py"],
     "tracker/exports.py": ["tests/test_exports.py"],
 }
 

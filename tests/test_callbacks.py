@@ -213,3 +213,21 @@ def test_orphans_applied_late_keep_their_time_error_and_order(app) -> None:
     assert events == {
         "sent@5": (True, None), "sent@9": (True, None), "undelivered@10": (True, None),
         "sent@7": (False, "message is already final (undelivered)")}
+
+
+def test_a_callback_our_code_fails_on_is_stored_for_replay_and_acknowledged(
+        client, monkeypatch) -> None:
+    """A bug of ours while parsing must not lose the callback: it is stored with the verdict
+    `error` (replayable once fixed) and acknowledged, so the provider does not retry forever."""
+    skycore = client.application.extensions["providers"]["skycore"]
+
+    def broken(_request):
+        raise ZeroDivisionError("a bug of ours")
+
+    monkeypatch.setattr(skycore, "parse_callback", broken)
+    body = postback("BUG1")
+    response = client.post(URL, data=body, content_type="text/xml")
+    assert (response.status_code, response.data) == (200, b"OK error\n")
+    stored = Callback.get()
+    assert (stored.verdict, stored.detail, bytes(stored.body)) == (
+        "error", "processing failed; replay it", body)

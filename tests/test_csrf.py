@@ -95,3 +95,20 @@ def test_the_right_token_gets_past_the_check(app: Flask) -> None:
                         data={"csrf_token": csrf(admin, f"/messages/{message.id}")})
     assert not _refused_for_csrf(answer) and answer.status_code == 302
     assert Message.get_by_id(message.id).status == "canceled"
+
+
+@pytest.mark.parametrize(("next_url", "lands_on"), [
+    ("/messages?status=failed", "/messages?status=failed"),  # our own page: followed
+    ("https://evil.example/login", "/messages"),  # another site: never
+    ("//evil.example/login", "/messages"),  # scheme-relative: another site too
+    ("javascript:alert(1)", "/messages"),
+    ("messages", "/messages"),  # not a path of ours
+])
+def test_login_follows_next_only_to_our_own_pages(app: Flask, next_url: str,
+                                                  lands_on: str) -> None:
+    accounts.create_user("boss", PASSWORD, "admin")
+    client = fresh_client(app)
+    token = csrf(client, "/auth/login")
+    answer = client.post("/auth/login", query_string={"next": next_url},
+                         data={"username": "boss", "password": PASSWORD, "csrf_token": token})
+    assert answer.status_code == 302 and answer.headers["Location"] == lands_on
