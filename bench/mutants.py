@@ -12,7 +12,7 @@ diff, and the time taken.
     .venv/bin/python bench/mutants.py --only tracker/status.py --tests tests/test_status.py \\
         --names 'tracker.status.x_is_final*'                  # seconds: what the smoke runs
 
-Needs `pip install mutmut` (not a test dependency: CI does not run it).
+Needs mutmut (in the test extra; CI runs only the smoke, `test_mutants_smoke`).
 """
 
 from __future__ import annotations
@@ -71,11 +71,10 @@ def config_text(config: dict, only: list[str], tests: list[str]) -> str:
     )
 
 
-def run_module(module: str, tests: list[str], names: list[str], children: int,
+def run_module(config: dict, module: str, tests: list[str], names: list[str], children: int,
                keep: bool) -> list[tuple[str, str]]:
     """One mutmut run over `module` against `tests`; prints its table row, returns survivors
     as (name, diff)."""
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
     work = Path(tempfile.mkdtemp(prefix="dlr-mutants-"))
     for name in COPIED:
         source = ROOT / name
@@ -151,7 +150,7 @@ def main() -> int:
     started = time.monotonic()
     for module in modules:
         tests = args.tests or FOCUS.get(module) or config["pytest_add_cli_args_test_selection"]
-        survivors += run_module(module, tests, args.names, args.children, args.keep)
+        survivors += run_module(config, module, tests, args.names, args.children, args.keep)
     print(f"{len(survivors)} survivor(s) in {time.monotonic() - started:.0f} s"
           f"{':' if survivors else ''}")
     for name, diff in survivors:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import json
 import os
 
+from tracker import correlation, jobs, sending
 from tracker import db as dbmod
-from tracker import sending
 from tracker.models import Callback, Event, Message
-from tracker.providers.base import SendResult
+from tracker.providers.base import Receipt, SendResult
+from tracker.status import Status
 
 URL = "/callbacks/skycore/sky-secret-token"
 
@@ -129,16 +131,9 @@ def test_database_down_every_page_answers_503_then_works_again(tmp_path) -> None
         assert "Temporarily unavailable" in response.get_data(as_text=True)
     assert client.get("/messages").status_code == 200  # the same process, no restart
 
-
-
-
 def test_two_providers_may_report_under_the_same_key(app) -> None:
     """Receipts are deduplicated per provider: a Skycore receipt whose key (and message id)
     happens to equal a fake provider's is a receipt of its own, never taken for a duplicate."""
-    from tracker import correlation
-    from tracker.providers.base import Receipt
-    from tracker.status import Status
-
     messages = {}
     for provider in ("fake", "skycore"):
         message = sending.enqueue(sending.NewMessage(to="+15551234888", text="hi",
@@ -165,10 +160,6 @@ def test_an_orphan_stored_after_its_message_got_its_id_is_applied_by_the_worker(
     before the send answer gave the message its id, and was stored after the send answer's
     own re-match had looked. The worker's job applies it; without the job the message would
     stay 'accepted' forever."""
-    from tracker import correlation, jobs
-    from tracker.providers.base import Receipt
-    from tracker.status import Status
-
     receipt = Receipt(provider="skycore", status=Status.DELIVERED, provider_message_id="LATE1",
                       raw_status="N202", dedupe_key="LATE1|N202")
     matched_too_early = correlation.Match(receipt, None, False, None)  # no message had LATE1
@@ -188,12 +179,6 @@ def test_orphans_applied_late_keep_their_time_error_and_order(app) -> None:
     """Receipts that waited for their message are applied, when it gets its id, as if they had
     come after it: in arrival order, by the status rule, with their provider time, error code
     and detail; the one the rule refuses says why."""
-    import datetime as dt
-
-    from tracker import correlation
-    from tracker.providers.base import Receipt
-    from tracker.status import Status
-
     t0 = dt.datetime(2026, 5, 1, 12, 0, 0)
     waiting = [(Status.SENT, 5, None, None), (Status.SENT, 9, None, None),
                (Status.UNDELIVERED, 10, "E205", "absent subscriber"), (Status.SENT, 7, None, None)]

@@ -8,6 +8,8 @@ import multiprocessing
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_callbacks import URL as CALLBACK_URL
+from test_callbacks import postback
 
 from tracker import correlation, sending
 from tracker.db import db, write_tx
@@ -181,15 +183,6 @@ def test_concurrent_receipts_never_regress(app, database_url) -> None:
 
 # --- a receipt judged before another writer moved the message ---------------------------------
 
-CALLBACK_URL = "/callbacks/skycore/sky-secret-token"
-
-
-def _postback(tracking: str, code: str, at: dt.datetime) -> bytes:
-    return (f"<POSTBACK><ORIGIN>SMS_MT</ORIGIN><CODE>{code}</CODE><STATUS>x</STATUS>"
-            f"<TRACKINGID>{tracking}</TRACKINGID><TIMESTAMP>{at:%Y-%m-%dT%H:%M:%S}+00:00"
-            f"</TIMESTAMP></POSTBACK>").encode()
-
-
 @pytest.mark.parametrize(("first", "late_code", "late"), [
     (Status.DELIVERED, "E202", Status.UNDELIVERED),
     (Status.UNDELIVERED, "N202", Status.DELIVERED),
@@ -216,9 +209,10 @@ def test_a_conflicting_final_receipt_that_lost_the_race_never_replaces_the_first
         return found
 
     monkeypatch.setattr(correlation, "match", match_then_lose_the_race)
+    late_at = T0 + dt.timedelta(minutes=5)
     answer = app.test_client().post(
-        CALLBACK_URL, data=_postback(message.provider_message_id, late_code,
-                                     T0 + dt.timedelta(minutes=5)),
+        CALLBACK_URL, data=postback(message.provider_message_id, late_code,
+                                    ts=f"{late_at:%Y-%m-%dT%H:%M:%S}+00:00"),
         content_type="text/xml")
     assert answer.status_code == 200, answer.data
     assert Message.get_by_id(message.id).status == first
