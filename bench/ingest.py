@@ -428,9 +428,8 @@ def write_config(tmp: Path, target: Target, port: int, token: str,
         f'database_url = "{target.url}"\n'
         f'public_base_url = "http://127.0.0.1:{port}"\n'
         f'secret_key = "{secrets.token_urlsafe(32)}"\n'
-        # A configuration that names its providers has those alone, and must say which one
-        # is the default (tracker.settings): Skycore is the only one here.
-        'default_provider = "skycore"\n'
+        # A configuration that names its providers has those alone; Skycore, the only one
+        # here, is then the default provider without saying so (tracker.settings).
         f"{extra}"
         "\n[providers.skycore]\n"
         'api_key = "bench-api-key"\n'

@@ -35,8 +35,22 @@ def test_fake_is_configured_only_until_real_providers_are(tmp_path) -> None:
     assert set(load({"instance_dir": str(tmp_path)} | real)["providers"]) == {"skycore"}
     both = {"providers": {"skycore": SKY, "fake": {}}}
     assert set(load({"instance_dir": str(tmp_path)} | both)["providers"]) == {"skycore", "fake"}
-    with pytest.raises(ConfigError, match=r"default_provider: required .* one of: skycore"):
-        load({"instance_dir": str(tmp_path)} | {"providers": {"skycore": SKY}})
+
+
+def test_default_provider_is_the_only_one_configured(tmp_path) -> None:
+    """One provider configured: sends naming none go to it, without saying so twice. Several:
+    fake while it is among them (as out of the box), else the setting is required."""
+    only = load({"instance_dir": str(tmp_path)} | {"providers": {"skycore": SKY}})
+    assert only["default_provider"] == "skycore"
+    assert load({"instance_dir": str(tmp_path)})["default_provider"] == "fake"
+    with_fake = load({"instance_dir": str(tmp_path)} | {"providers": {"skycore": SKY, "fake": {}}})
+    assert with_fake["default_provider"] == "fake"
+    chosen = {"providers": {"skycore": SKY, "fake": {}}, "default_provider": "skycore"}
+    assert load({"instance_dir": str(tmp_path)} | chosen)["default_provider"] == "skycore"
+    two = {"providers": {"skycore": SKY, "mobizon": {"api_key": "k", "callback_token": "t"}}}
+    with pytest.raises(ConfigError, match=r"default_provider: required when several providers"
+                                          r" are configured; one of: mobizon, skycore"):
+        load({"instance_dir": str(tmp_path)} | two)
 
 
 def test_secret_key_is_generated_once_outside_the_repo(tmp_path) -> None:
@@ -51,7 +65,8 @@ def test_secret_key_is_generated_once_outside_the_repo(tmp_path) -> None:
     ({"providers": {"fake": {}, "skycore": {**SKY, "apikey": "x"}}}, "providers.skycore.apikey"),
     ({"providers": {"fake": {}, "skycore": {**SKY, "api_key": 5}}}, "providers.skycore.api_key"),
     ({"providers": {"fake": {}, "nosuch": {}}}, "providers.nosuch"),
-    ({"providers": {"skycore": SKY}}, "default_provider"),  # fake no longer there
+    ({"providers": {"skycore": SKY}, "default_provider": "fake"},
+     "default_provider"),  # fake no longer there
     ({"callback_max_bytes": "big"}, "callback_max_bytes"),
     ({"databse_url": "x"}, "databse_url"),
     ({"default_provider": "skycore"}, "default_provider"),
@@ -67,6 +82,8 @@ def test_env_numbers_are_checked() -> None:
     with pytest.raises(ConfigError, match="TRACKER_CALLBACK_MAX_BYTES"):
         from_env({"TRACKER_CALLBACK_MAX_BYTES": "lots"})
     assert from_env({"TRACKER_TEST_DATABASE_URL": "x", "OTHER": "y"}) == {}
+    # Read by `tracker users create` and `set-password`, not a setting of the service.
+    assert from_env({"TRACKER_NEW_PASSWORD": "x", "TRACKER_CONFIG": "y"}) == {}
 
 
 def test_the_instance_folder_is_the_working_directory_s_unless_configured(

@@ -18,6 +18,9 @@ from .errors import ConfigError
 __all__ = ["DEFAULTS", "ConfigError", "load"]
 
 ENV_PREFIX = "TRACKER_"
+# TRACKER_* variables that are not settings: where the file is, and the password
+# `tracker users create` / `set-password` read instead of prompting.
+NOT_SETTINGS = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "NEW_PASSWORD"})
 
 
 # Top-level keys, their type and default. `None` defaults are derived at load time.
@@ -26,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "database_url": None,  # default: SQLite file under instance/
     "public_base_url": "http://127.0.0.1:8000",
     "secret_key": None,  # default: generated once into instance/secret_key
-    "default_provider": "fake",
+    "default_provider": None,  # default: the only provider configured, else fake if it is
     "default_region": "",  # ISO country for numbers written without a country code
     "log_level": "INFO",
     "callback_max_bytes": 64 * 1024,
@@ -107,7 +110,7 @@ def from_env(environ: os._Environ[str] | dict[str, str]) -> dict[str, Any]:
     """TRACKER_FOO=1 -> {"foo": 1}; TRACKER_PROVIDERS__SKYCORE__API_KEY=x nests on '__'."""
     out: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
             continue
         if name.startswith(ENV_PREFIX + "TEST_"):
             continue  # test-suite knobs such as TRACKER_TEST_DATABASE_URL are not settings
@@ -183,12 +186,7 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("callback_max_bytes: must be at least 1024")
     if not str(cfg["public_base_url"]).startswith(("http://", "https://")):
         raise ConfigError("public_base_url: must start with http:// or https://")
-    if cfg["default_provider"] not in cfg["providers"]:
-        name = cfg["default_provider"]
-        if name == DEFAULTS["default_provider"]:  # not set, and fake is not configured
-            raise ConfigError(f"default_provider: required when [providers.fake] is not"
-                              f" configured; one of: {', '.join(sorted(cfg['providers']))}")
-        raise ConfigError(f"default_provider: {name!r} has no [providers.{name}] table")
+    cfg["default_provider"] = _default_provider(cfg["default_provider"], cfg["providers"])
     for key in ("web_workers", "web_threads", "request_timeout_seconds"):
         if cfg[key] <= 0:
             raise ConfigError(f"{key}: must be more than 0")
@@ -198,6 +196,21 @@ def _validate(cfg: dict[str, Any]) -> None:
 
     cfg["routes"] = routing.validate(cfg["routes"], cfg["providers"])
     cfg["reports"] = reports.validate(cfg["reports"])
+
+
+def _default_provider(name: str | None, providers: dict[str, Any]) -> str:
+    """The provider a send naming none goes to: as set, else the only one configured, else
+    the offline one while it is configured."""
+    if name is None:
+        if len(providers) == 1:
+            return next(iter(providers))
+        if "fake" in providers:
+            return "fake"
+        raise ConfigError(f"default_provider: required when several providers are configured;"
+                          f" one of: {', '.join(sorted(providers))}")
+    if name not in providers:
+        raise ConfigError(f"default_provider: {name!r} has no [providers.{name}] table")
+    return name
 
 
 def _derive(cfg: dict[str, Any], instance: Path) -> None:
