@@ -11,8 +11,10 @@ it), whatever happened to them since. For a window's messages:
 - **receipt coverage** = receipted / submitted, where *receipted* means the current status is
   final (delivered, undelivered, expired, rejected, failed) and not inferred: an `expired` the
   tracker decided itself because no receipt came before the validity ran out is no receipt.
-- **latency** = `status_at - submitted_at` of delivered messages (the provider's delivery time
-  against our submission; a negative value from clock skew counts as 0). p50/p95 are
+- **latency** = delivery time - `submitted_at` of delivered messages: the provider's delivery
+  time (`status_at`) against our submission, or, for a receipt that came without a time (the
+  offline provider's, some hooks), when it was received (tracker.statustime); a negative value
+  from clock skew counts as 0. p50/p95 are
   nearest-rank percentiles (the ceil(q*n)-th smallest value) read from a histogram: the figure
   is the upper bound of the LATENCY_BOUNDS bucket holding that value, so it is exact to the
   bucket (1 s steps up to 10 s, then steps of 20-50 %), "95 % were delivered within X".
@@ -46,6 +48,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from . import statustime
 from .db import execute, is_sqlite, write_tx
 from .models import CallbackRollup, MessageRollup, RollupPeriod, RollupState, utcnow
 from .providers.base import POLL_METHOD
@@ -320,18 +323,19 @@ def _bucket_sql() -> str:
 
 
 def _message_sql(step: str, one_provider: bool) -> str:
+    delivered_at = statustime.SHOWN_SQL  # status_at, else when its receipt came
     if is_sqlite():
         period = f"substr(created_at, 1, {13 if step == 'hour' else 10})"
-        seconds = "(julianday(status_at) - julianday(submitted_at)) * 86400.0"
+        seconds = f"(julianday({delivered_at}) - julianday(submitted_at)) * 86400.0"
     else:
         period = f"to_char(created_at, '{'YYYY-MM-DD HH24' if step == 'hour' else 'YYYY-MM-DD'}')"
-        seconds = "EXTRACT(EPOCH FROM status_at - submitted_at)"
+        seconds = f"EXTRACT(EPOCH FROM {delivered_at} - submitted_at)"
     # MATERIALIZED: computed once per row; a flattened subquery would repeat the timestamp
     # arithmetic in every WHEN of the bucket CASE. Only constants are spliced in.
     return (
         "WITH m AS MATERIALIZED (SELECT provider, " + period + " AS period, status,"  # noqa: S608
         " status_inferred AS inferred, submitted_at IS NOT NULL AS submitted, error_code,"
-        " CASE WHEN status = 'delivered' AND submitted_at IS NOT NULL AND status_at IS NOT NULL"
+        " CASE WHEN status = 'delivered' AND submitted_at IS NOT NULL"
         " THEN " + seconds + " END AS lat"
         " FROM message WHERE created_at >= ? AND created_at < ?"
         + (" AND provider = ?" if one_provider else "") + ")"

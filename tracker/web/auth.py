@@ -92,7 +92,8 @@ def login() -> Any:
             minutes = max(1, round(wait / 60))
             flash(f"Too many wrong passwords. Try again in {minutes} minute"
                   f"{'' if minutes == 1 else 's'}.")
-            response = make_response(render_template("auth/login.html"), 429)
+            response = make_response(render_template("auth/login.html", username=username),
+                                     429)
             response.headers["Retry-After"] = str(wait)
             return response
         user = accounts.authenticate(username, request.form.get("password", ""))
@@ -102,7 +103,8 @@ def login() -> Any:
             return redirect(_safe_next(request.args.get("next")))
         accounts.record_login_failure(username, address)
         flash("Wrong username or password.")
-        return render_template("auth/login.html"), 401
+        # The name stays in the form: a mistyped password is the common case.
+        return render_template("auth/login.html", username=username), 401
     return render_template("auth/login.html")
 
 

@@ -16,8 +16,11 @@ from flask_login import login_required
 from markupsafe import Markup, escape
 
 from .. import overview as figures
+from .. import statustime
 
 bp = Blueprint("overview", __name__)
+# The message page shows a status time by the rule the overview's latency uses.
+bp.add_app_template_global(statustime.of, "status_time")
 
 COLORS = {"delivered": "#2f9e57", "failed": "#d64545", "in flight": "#4a7bd0",
           "not sent": "#b0b6c0"}
