@@ -70,6 +70,17 @@ def write_reports(app: Flask) -> int:
     return len(written)
 
 
+def disable_failing_webhooks(app: Flask) -> int:
+    """Disable webhook endpoints that have failed for days without a success."""
+    from . import outbox
+
+    with db.connection_context():
+        disabled = outbox.disable_failing()
+    if disabled:
+        log.warning("disabled failing webhook endpoint(s) %s", ", ".join(map(str, disabled)))
+    return len(disabled)
+
+
 def hold_lease(name: str, owner: str, ttl_seconds: float) -> bool:
     """Take or renew the named lease; True while this owner holds it."""
     now = utcnow()

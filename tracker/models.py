@@ -55,6 +55,8 @@ class Message(BaseModel):
     expires_at = pw.DateTimeField(null=True)  # validity end: not final by then -> expired
     poll_at = pw.DateTimeField(null=True)  # next status poll (providers with a status API)
     resent_from = pw.IntegerField(null=True)  # the message this one is a resend of
+    status_callback = pw.CharField(max_length=2048, null=True)  # the sender's webhook URL
+    api_key_id = pw.IntegerField(null=True)  # the API key that sent it: its webhook endpoints
 
     class Meta:
         indexes = (
@@ -155,6 +157,9 @@ class ApiKey(BaseModel):
     prefix = pw.CharField(max_length=12)
     created_at = pw.DateTimeField(default=utcnow)
     revoked_at = pw.DateTimeField(null=True)
+    webhook_secret = pw.CharField(max_length=64, null=True)  # whsec_…: signs its webhooks
+    webhook_secret_previous = pw.CharField(max_length=64, null=True)  # still signs until:
+    webhook_secret_previous_until = pw.DateTimeField(null=True)
 
 
 class User(BaseModel):
@@ -256,7 +261,74 @@ class RollupState(BaseModel):
     value = pw.BigIntegerField()
 
 
+class WebhookEndpoint(BaseModel):
+    """A URL of an API key's application that receives its messages' status changes."""
+
+    api_key = pw.ForeignKeyField(ApiKey, backref="webhook_endpoints", on_delete="CASCADE")
+    url = pw.CharField(max_length=2048)
+    events = pw.TextField(null=True)  # comma-separated event names; null = every event
+    created_at = pw.DateTimeField(default=utcnow)
+    disabled_at = pw.DateTimeField(null=True)
+    disabled_reason = pw.TextField(null=True)
+    failing_since = pw.DateTimeField(null=True)  # first failure since its last success
+    last_success_at = pw.DateTimeField(null=True)
+    last_error = pw.TextField(null=True)
+    last_error_at = pw.DateTimeField(null=True)
+
+
+class Outbox(BaseModel):
+    """One status change (or failover) of a message someone listens to, written by a trigger
+    in the transaction of the change (m0011); the worker fans it out to deliveries."""
+
+    message = pw.ForeignKeyField(Message, on_delete="CASCADE")
+    kind = pw.CharField(max_length=16)  # status, failover
+    status = pw.CharField(max_length=16)
+    status_inferred = pw.BooleanField()
+    error_code = pw.CharField(max_length=64, null=True)
+    error_detail = pw.TextField(null=True)
+    provider = pw.CharField(max_length=32)
+    previous_provider = pw.CharField(max_length=32, null=True)  # failover: the one that failed
+    status_at = pw.DateTimeField(null=True)
+    changed_at = pw.DateTimeField()
+    webhook_id = pw.CharField(max_length=40, null=True)  # set at fan-out; same on every retry
+    payload = pw.TextField(null=True)  # the JSON body, set at fan-out
+    fanned_out_at = pw.DateTimeField(null=True)
+
+
+class WebhookDelivery(BaseModel):
+    """One outbox row to one destination: pending until a 2xx, or given up."""
+
+    outbox = pw.ForeignKeyField(Outbox, on_delete="CASCADE")
+    endpoint = pw.ForeignKeyField(WebhookEndpoint, null=True, on_delete="CASCADE",
+                                  index=False)  # null: the message's status_callback
+    api_key_id = pw.IntegerField(null=True)  # whose secret signs it
+    url = pw.CharField(max_length=2048)
+    origin = pw.CharField(max_length=300)  # scheme://host:port: concurrency is bounded per origin
+    state = pw.CharField(max_length=16)  # pending, delivered, failed
+    attempts = pw.IntegerField(default=0)
+    created_at = pw.DateTimeField(default=utcnow)
+    give_up_at = pw.DateTimeField()  # failures past this end the retries (webhook_retry_hours)
+    next_at = pw.DateTimeField(null=True)  # due; while claimed, the end of the claim's lease
+    claimed_by = pw.CharField(max_length=128, null=True)  # the worker that last claimed it
+    delivered_at = pw.DateTimeField(null=True)
+    last_status_code = pw.IntegerField(null=True)
+    last_error = pw.TextField(null=True)
+
+
+class WebhookAttempt(BaseModel):
+    """One HTTP try of a delivery: when, the answer's status and first bytes, or the error."""
+
+    delivery = pw.ForeignKeyField(WebhookDelivery, backref="tries", on_delete="CASCADE",
+                                  index=False)
+    at = pw.DateTimeField()
+    status_code = pw.IntegerField(null=True)
+    latency_ms = pw.IntegerField(null=True)
+    response = pw.TextField(null=True)
+    error = pw.TextField(null=True)
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     Message, Callback, Event, ApiKey, User, Lease, LoginFailure, ProviderThrottle,
     MessageRollup, CallbackRollup, RollupPeriod, RollupState, SchemaMigration,
+    WebhookEndpoint, Outbox, WebhookDelivery, WebhookAttempt,
 ]

@@ -82,6 +82,7 @@ def message_dict(m: Message) -> dict[str, Any]:
         "status_at": iso(m.status_at),
         "expires_at": iso(m.expires_at),
         "updated_at": iso(m.updated_at),
+        "status_callback": m.status_callback,
     }
 
 

@@ -1,5 +1,5 @@
-"""The worker: the dispatcher, and one APScheduler running the periodic jobs; never inside a web
-worker.
+"""The worker: the dispatcher, the webhook sender, and one APScheduler running the periodic
+jobs; never inside a web worker.
 
 Every worker dispatches (on Postgres, any number of hosts share one queue: claims skip rows
 another holds). The periodic jobs (poll, expiry, orphan re-match, rollups, reports) run only in
@@ -50,6 +50,7 @@ class Worker:
         # Overview rollups of closed hours and days: a period not rolled up yet is read live,
         # so a longer interval makes the overview slower for a while, never wrong.
         self._every("roll_up", jobs.roll_up, cfg["rollup_interval_seconds"])
+        self._every("webhook_endpoints", jobs.disable_failing_webhooks, 3600.0)
         if cfg["reports"]:
             self._every("reports", jobs.write_reports, REPORTS_INTERVAL)
 
@@ -82,6 +83,8 @@ class Worker:
         log.info("worker %s starting", self.owner)
         dispatcher = threading.Thread(target=self._dispatch, name="dispatcher")
         dispatcher.start()
+        webhooks = threading.Thread(target=self._deliver_webhooks, name="webhooks")
+        webhooks.start()
         self.scheduler.start()
         while not self.stopping.wait(1.0):
             pass
@@ -95,6 +98,7 @@ class Worker:
             except Exception:
                 log.exception("could not release the worker lease; it runs out by itself")
         dispatcher.join()
+        webhooks.join()
         log.info("worker %s stopped", self.owner)
 
     def _dispatch(self) -> None:
@@ -107,6 +111,16 @@ class Worker:
             claim_limit=cfg["dispatch_batch_size"])
         try:
             engine.run(self.stopping)
+        finally:
+            if not db.is_closed():
+                db.close()
+
+    def _deliver_webhooks(self) -> None:
+        from .webhook_sender import Sender
+
+        sender = Sender(self.app.extensions["providers"], self.app.config["TRACKER"])
+        try:
+            sender.run(self.stopping)
         finally:
             if not db.is_closed():
                 db.close()

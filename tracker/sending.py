@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from . import correlation, phones, routing, wakeup
+from . import correlation, phones, routing, wakeup, webhooks
 from .db import db, execute, is_sqlite, write_tx
 from .models import Event, Message, utcnow
 from .providers.base import OutboundMessage, Provider, SendError, SendResult
@@ -51,6 +51,8 @@ class NewMessage:
     deferred: bool = False  # scheduled, and handed to the provider at once to hold (defers())
     rule: str = EXPLICIT  # what chose the providers (shown on the timeline)
     validity: dt.timedelta = dt.timedelta(minutes=2880)
+    status_callback: str | None = None  # the caller's webhook URL for this message
+    api_key_id: int | None = None  # the API key that sent it (its webhook endpoints)
 
     def route_description(self) -> str:
         """One line for the `routed` event."""
@@ -59,7 +61,8 @@ class NewMessage:
 
 def validate(data: dict[str, Any], *, providers: dict[str, Provider], default_provider: str,
              default_region: str = "",
-             routes: dict[str, tuple[str, ...]] | None = None) -> NewMessage:
+             routes: dict[str, tuple[str, ...]] | None = None,
+             api_key_id: int | None = None) -> NewMessage:
     """Check an API/CLI send request; raise SendRejected naming the bad field."""
     text = data.get("text")
     if not isinstance(text, str) or not text.strip():
@@ -84,10 +87,21 @@ def validate(data: dict[str, Any], *, providers: dict[str, Provider], default_pr
     first = providers[route.providers[0]]
     validity = dt.timedelta(minutes=first.config["validity_minutes"])
     send_at = _parse_send_at(data.get("send_at"))
-    return NewMessage(to=to, text=text, provider=route.providers[0],
+    status_callback = _status_callback(data.get("status_callback"))
+    return NewMessage(status_callback=status_callback, api_key_id=api_key_id,
+                      to=to, text=text, provider=route.providers[0],
                       failover=route.providers[1:], rule=route.rule, validity=validity,
                       sender=sender or None, client_ref=client_ref or None, send_at=send_at,
                       deferred=first.defers(send_at, utcnow()))
+
+
+def _status_callback(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    try:
+        return webhooks.check_url(value)
+    except webhooks.WebhookRefused as exc:
+        raise SendRejected("status_callback", f"status_callback {exc}") from exc
 
 
 def _parse_send_at(value: Any) -> dt.datetime | None:
@@ -142,6 +156,7 @@ def enqueue_many(news: list[NewMessage], *, source: str) -> list[Message]:
             due_at=due, created_at=now, updated_at=now, encoding=shape.encoding,
             segments=shape.segments, route=",".join(new.failover) or None,
             expires_at=due + new.validity, attempts=0, status_inferred=False,
+            status_callback=new.status_callback, api_key_id=new.api_key_id,
         ))
     fields = [f for f in Message._meta.sorted_fields if f.name != "id"]
     with write_tx():

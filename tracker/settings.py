@@ -50,6 +50,18 @@ DEFAULTS: dict[str, Any] = {
     "reports_dir": None,  # default: instance/reports; relative: to the project folder
     "routes": {},  # destination -> providers in failover order (tracker.routing)
     "mask_phone_numbers": False,  # viewers see +7701•••••67; admins see every digit
+    # A messages-page export of at most this many rows is written during the click and
+    # downloaded at once; a bigger one is a job for the worker, with a status page. 0: always.
+    "export_inline_rows": 50_000,
+    # Status webhooks (tracker.webhook_sender): retried this long, backoff between tries
+    # doubling from `webhook_backoff_seconds` up to its max, each with full jitter.
+    "webhook_retry_hours": 24.0,
+    "webhook_backoff_seconds": 5.0,
+    "webhook_backoff_max_seconds": 3600.0,
+    "webhook_timeout_seconds": 10.0,  # read and write; connecting at most 5 s
+    "webhook_max_in_flight": 64,  # requests under way per worker
+    "webhook_max_in_flight_per_endpoint": 24,  # to one origin: a slow one never holds others
+    "webhooks_allow_private": False,  # true: private, loopback, link-local targets allowed
     "providers": {"fake": {}},
 }
 
@@ -79,6 +91,14 @@ TYPES: dict[str, type | tuple[type, ...]] = {
     "reports_dir": str,
     "routes": dict,
     "mask_phone_numbers": bool,
+    "export_inline_rows": int,
+    "webhook_retry_hours": (int, float),
+    "webhook_backoff_seconds": (int, float),
+    "webhook_backoff_max_seconds": (int, float),
+    "webhook_timeout_seconds": (int, float),
+    "webhook_max_in_flight": int,
+    "webhook_max_in_flight_per_endpoint": int,
+    "webhooks_allow_private": bool,
     "providers": dict,
 }
 
@@ -190,6 +210,13 @@ def _validate(cfg: dict[str, Any]) -> None:
     for key in ("web_workers", "web_threads", "request_timeout_seconds"):
         if cfg[key] <= 0:
             raise ConfigError(f"{key}: must be more than 0")
+    for key in ("webhook_retry_hours", "webhook_backoff_seconds", "webhook_backoff_max_seconds",
+                "webhook_timeout_seconds", "webhook_max_in_flight",
+                "webhook_max_in_flight_per_endpoint"):
+        if cfg[key] <= 0:
+            raise ConfigError(f"{key}: must be more than 0")
+    if cfg["export_inline_rows"] < 0:
+        raise ConfigError("export_inline_rows: must be 0 or more")
     if cfg["rollup_interval_seconds"] <= 0:
         raise ConfigError("rollup_interval_seconds: must be more than 0")
     from . import reports, routing  # they validate their own tables

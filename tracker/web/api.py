@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from .. import accounts, reporting, sending
@@ -35,7 +35,9 @@ def require_key(view):  # type: ignore[no-untyped-def]
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         scheme, _, key = (request.headers.get("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or accounts.verify_api_key(key.strip()) is None:
+        # Kept for the view: a message remembers the key that sent it (its webhooks).
+        g.api_key = accounts.verify_api_key(key.strip()) if scheme.lower() == "bearer" else None
+        if g.api_key is None:
             response, status = error(401, "unauthorized", "a valid API key is required")
             response.headers["WWW-Authenticate"] = 'Bearer realm="dlr-tracker"'
             return response, status
@@ -54,7 +56,7 @@ def create_message() -> Any:
     try:
         new = sending.validate(data, providers=current_app.extensions["providers"],
                                default_provider=cfg["default_provider"], routes=cfg["routes"],
-                               default_region=cfg["default_region"])
+                               default_region=cfg["default_region"], api_key_id=g.api_key.id)
     except sending.SendRejected as exc:
         return error(400, "invalid_" + exc.field, exc.message, field=exc.field)
     message = sending.enqueue(new, source="api")
@@ -93,7 +95,7 @@ def create_messages() -> Any:
             news.append(sending.validate(
                 item, providers=current_app.extensions["providers"],
                 default_provider=cfg["default_provider"], routes=cfg["routes"],
-                default_region=cfg["default_region"]))
+                default_region=cfg["default_region"], api_key_id=g.api_key.id))
         except sending.SendRejected as exc:
             errors.append({"index": index, "code": "invalid_" + exc.field, "field": exc.field,
                            "message": exc.message})
