@@ -55,6 +55,38 @@ def search_forms(raw: str, default_region: str = "") -> str | None:
         return None
 
 
+# What support staff type for "the number ending in ...": digits, maybe grouped by spaces,
+# dashes, dots, slashes or parentheses. With a "+" it is a whole international number, which
+# `search_forms` finds exactly.
+_TYPED_DIGITS = re.compile(r"^[\d\s().\-/]+$")
+SUFFIX_MIN_DIGITS = 4  # fewer would match a thousandth of all messages or more
+# A national number written with its trunk prefix (KZ/RU 8 701 555 01 19, UK 07700 900123,
+# DE 0151 ...) is the trunk digit + the national number, and E.164 is +country code + the
+# national number: without the trunk digit it is the end of the stored number, whatever the
+# country, so no default_region is needed. Likewise 00 + country code + number ends in the
+# number. Dropping leading digits only widens a suffix search (every number ending in
+# 87015550119 also ends in 7015550119), so it never loses the message meant; it is done only
+# from this many digits on, where a leading 0 or 8 is far more likely a prefix than one of the
+# last digits.
+_PREFIXED_MIN_DIGITS = 8
+
+
+def search_suffix(raw: str) -> str | None:
+    """The digits a stored number must end with for `raw` to name it: the last digits of a
+    number (at least SUFFIX_MIN_DIGITS), or a number in national format with or without its
+    trunk prefix; None when `raw` is not written that way (letters, a "+")."""
+    text = raw.strip()
+    if not _TYPED_DIGITS.match(text):
+        return None
+    digits = re.sub(r"\D", "", text)
+    if len(digits) >= _PREFIXED_MIN_DIGITS:
+        digits = digits[2:] if digits.startswith("00") else (
+            digits[1:] if digits[0] in "08" else digits)
+    if not SUFFIX_MIN_DIGITS <= len(digits) <= 15:  # E.164 numbers have at most 15 digits
+        return None
+    return digits
+
+
 def mask_phone(number: str) -> str:
     """+77011234567 -> +7701•••••67."""
     keep_head = 5 if number.startswith("+") else 4

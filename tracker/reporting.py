@@ -13,9 +13,10 @@ from typing import Any
 
 import peewee as pw
 
-from . import phones, safexml
+from . import phones, safexml, statustime
 from .db import db, is_sqlite
 from .models import Callback, Event, Message
+from .providers import PROVIDERS
 from .status import Status
 
 PAGE_SIZE = 50
@@ -172,10 +173,17 @@ def filter_problems(args: Mapping[str, str]) -> list[str]:
     if status and status not in {s.value for s in Status}:
         problems.append(f"status: {status!r} is not a status "
                         f"({', '.join(s.value for s in Status)})")
+    provider = (args.get("provider") or "").strip()
+    if provider and provider not in PROVIDERS:  # every provider module, configured or not
+        problems.append(f"provider: {provider!r} is not a provider "
+                        f"({', '.join(sorted(PROVIDERS))})")
     for name in ("before", "after"):
         value = (args.get(name) or "").strip()
         if value and as_id(value) is None:
             problems.append(f"{name}: {value!r} is not a message id")
+    value = (args.get("start") or "").strip()
+    if value and as_id(value) is None:
+        problems.append(f"start: {value!r} is not a position in the list")
     start, end = day(args.get("created_from")), day(args.get("created_to"))
     if start and end and start > end:
         problems.append("created from is after created to")
@@ -206,10 +214,32 @@ class Page:
 
 
 LIST_COLUMNS = ("id", "reference", "provider", "provider_message_id", "recipient", "status",
-                "status_at", "created_at", "error_code", "client_ref")
-ListRow = namedtuple("ListRow", LIST_COLUMNS)
-_LIST_SELECT = ", ".join(LIST_COLUMNS)
-_TIME_COLUMNS = (LIST_COLUMNS.index("status_at"), LIST_COLUMNS.index("created_at"))
+                "status_at", "created_at", "error_code", "client_ref", "text",
+                "status_inferred", "status_received")
+# The text is cut in the query: a row shows its first words, and a long text would cost its
+# whole length on every row of every page. status_received is statustime's fallback, read only
+# for a row without status_at: when the receipt that set its status was received.
+_LIST_SELECT = ", ".join((*LIST_COLUMNS[:-3], "substr(text, 1, 80)", "status_inferred",
+                          f"CASE WHEN status_at IS NULL THEN {statustime.RECEIVED_SQL} END"))
+_TIME_COLUMNS = tuple(LIST_COLUMNS.index(c) for c in ("status_at", "created_at",
+                                                          "status_received"))
+
+
+class ListRow(namedtuple("ListRow", LIST_COLUMNS)):
+    """One row of the list."""
+
+    __slots__ = ()
+
+    @property
+    def status_time(self) -> statustime.StatusTime:
+        """When its status happened, and whose clock says so (statustime)."""
+        if self.status_at is not None:
+            ours = self.status == Status.CANCELED or self.status_inferred
+            return statustime.StatusTime(self.status_at,
+                                         statustime.TRACKER if ours else statustime.PROVIDER)
+        if self.status_received is not None:
+            return statustime.StatusTime(self.status_received, statustime.RECEIVED)
+        return statustime.StatusTime(None, None)
 
 
 @dataclass(frozen=True)
@@ -223,11 +253,23 @@ class Where:
 
     terms: tuple[str, ...] = ()
     params: tuple[Any, ...] = ()
+    searching: bool = False  # a search term leads: the other columns are kept off their indexes
 
     def clause(self, *extra: str) -> str:
         """` WHERE a AND b ...`, or nothing."""
         terms = (*self.terms, *extra)
         return " WHERE " + " AND ".join(terms) if terms else ""
+
+    def equal(self, column: str, value: Any) -> Where:
+        """These terms and `column = value` (see filter_where for the "+" a search puts on it)."""
+        prefix = "+" if self.searching and is_sqlite() else ""
+        return replace(self, terms=(*self.terms, f"{prefix}{column} = {db.obj.param}"),
+                       params=(*self.params, value))
+
+    def status(self, status: str) -> Where:
+        """Narrowed to one status; an empty or unknown one leaves it as it is (the page reports
+        an unknown one: filter_problems)."""
+        return self.equal("status", status) if status in _STATUSES else self
 
 
 def list_messages(f: MessageFilter, default_region: str = "",
@@ -321,11 +363,14 @@ class MatchCount:
     cap: int
 
     @property
+    def figure(self) -> str:
+        """'1', '4,321', '10,000+'."""
+        return f"{self.cap:,}+" if self.capped else f"{self.n:,}"
+
+    @property
     def label(self) -> str:
         """'1 message', '4,321 messages', '10,000+ messages'."""
-        if self.capped:
-            return f"{self.cap:,}+ messages"
-        return f"{self.n:,} message{'' if self.n == 1 else 's'}"
+        return f"{self.figure} message{'' if self.n == 1 and not self.capped else 's'}"
 
 
 def count_messages(f: MessageFilter, default_region: str = "", cap: int = COUNT_CAP,
@@ -340,6 +385,93 @@ def count_sql(where: Where, cap: int = COUNT_CAP) -> tuple[str, list[Any]]:
     """SELECT COUNT(1) FROM (SELECT 1 FROM message WHERE <filter> LIMIT cap + 1)."""
     return (f"SELECT COUNT(1) FROM (SELECT 1 FROM message{where.clause()}"  # noqa: S608
             f" LIMIT {db.obj.param}) AS capped", [*where.params, cap + 1])
+
+
+# A search reads its own index (a number's, a client_ref's) in order, and the entries of a
+# number with 3,000 messages are read as fast as 1,000 capped per status would be, so its status
+# counts come from one pass over up to this many matches: exact for all but the biggest searches.
+SEARCH_SCAN = 5_000
+
+
+def status_counts(base: Where, cap: int = COUNT_CAP) -> dict[str, MatchCount]:
+    """How many messages of each status match `base` (a filter without its status: base_where),
+    each exact up to `cap`, in the order of the Status enum.
+
+    Without a search, one statement counts each status apart, capped as count_sql caps: every
+    filter shape has an index led by status (0001, 0003), so each count reads at most cap + 1
+    entries. A search has no such index: its matches are read once and grouped by status, and
+    only a search past SEARCH_SCAN matches counts its statuses apart."""
+    counted: dict[str, int] = {}
+    if base.searching:
+        seen, complete = _grouped(base, SEARCH_SCAN)
+        if complete:
+            return _capped(seen, cap)
+        counted = {s: n for s, n in seen.items() if n > cap}  # known to be past the cap
+    todo = [s.value for s in Status if s.value not in counted]
+    return _capped({**counted, **_each_capped(base, todo, cap)}, cap)
+
+
+def _capped(counted: dict[str, int], cap: int) -> dict[str, MatchCount]:
+    return {s.value: MatchCount(min(counted.get(s.value, 0), cap), counted.get(s.value, 0) > cap,
+                                cap) for s in Status}
+
+
+def _grouped(base: Where, limit: int) -> tuple[dict[str, int], bool]:
+    """Statuses of the first `limit` matches, and whether those were all of them."""
+    rows = db.obj.execute_sql(*grouped_sql(base, limit)).fetchall()
+    counted = {status: n for status, n in rows}
+    return counted, sum(counted.values()) <= limit
+
+
+def grouped_sql(base: Where, limit: int = SEARCH_SCAN) -> tuple[str, list[Any]]:
+    """The statuses of a filter's first `limit` + 1 matches, counted."""
+    return (f"SELECT status, COUNT(1) FROM (SELECT status FROM message{base.clause()}"  # noqa: S608
+            f" LIMIT {db.obj.param}) AS scanned GROUP BY status", [*base.params, limit + 1])
+
+
+def _each_capped(base: Where, statuses: list[str], cap: int) -> dict[str, int]:
+    """Each status's capped count, in one statement (one round trip)."""
+    if not statuses:
+        return {}
+    row = db.obj.execute_sql(*each_capped_sql(base, statuses, cap)).fetchone()
+    return dict(zip(statuses, row, strict=True))
+
+
+def each_capped_sql(base: Where, statuses: list[str], cap: int = COUNT_CAP
+                    ) -> tuple[str, list[Any]]:
+    """One row: count_sql of each status, as uncorrelated scalar subqueries."""
+    parts, params = [], []
+    for i, status in enumerate(statuses):
+        sql, values = count_sql(base.status(status), cap)
+        parts.append(f"({sql}) AS c{i}")
+        params += values
+    return "SELECT " + ", ".join(parts), params
+
+
+def matching(counts: dict[str, MatchCount], status: str = "") -> MatchCount:
+    """How many messages the filter matches, from its status counts: the one status's, or the
+    sum (exact when every status is; else at least the cap)."""
+    if status in counts:
+        return counts[status]
+    cap = next(iter(counts.values())).cap
+    total = sum(c.n for c in counts.values())
+    if any(c.capped for c in counts.values()):
+        return MatchCount(min(total, cap), True, cap)
+    return MatchCount(total, False, cap)
+
+
+def position(where: Where, page: Page, cap: int = COUNT_CAP) -> int | None:
+    """The place of a page's first row in its filter (1 = the newest match), counted when the
+    page was reached without one; None past `cap` (counting stops there, as for the total)."""
+    if not page.rows:
+        return None
+    first = page.rows[0]
+    p = db.obj.param
+    newer = Where((*where.terms, f"created_at >= {p}", f"(created_at > {p} OR id > {p})"),
+                  (*where.params, first.created_at, first.created_at, first.id), where.searching)
+    sql, params = count_sql(newer, cap)
+    n = db.obj.execute_sql(sql, params).fetchone()[0]
+    return n + 1 if n <= cap else None
 
 
 def narrow(query: pw.ModelSelect, f: MessageFilter, default_region: str = "") -> pw.ModelSelect:
@@ -362,6 +494,11 @@ _STATUSES = frozenset(s.value for s in Status)
 
 def filter_where(f: MessageFilter, default_region: str = "") -> Where:
     """The WHERE terms of a filter (a search runs its probe query here, once)."""
+    return base_where(f, default_region).status(f.status)
+
+
+def base_where(f: MessageFilter, default_region: str = "") -> Where:
+    """The WHERE terms of a filter but its status: what the status counts count in."""
     p = db.obj.param
     terms: list[str] = []
     params: list[Any] = []
@@ -370,6 +507,12 @@ def filter_where(f: MessageFilter, default_region: str = "") -> Where:
         term, values = _search_where(q, default_region)
         terms.append(term)
         params += values
+    if f.created_from:
+        terms.append(f"created_at >= {p}")
+        params.append(_midnight(f.created_from))
+    if f.created_to:  # inclusive day: everything before the next midnight
+        terms.append(f"created_at < {p}")
+        params.append(_midnight(f.created_to + dt.timedelta(days=1)))
     # With a search, its column's index must drive the query: a search matches a few thousand
     # messages at most, a status can match 800,000. Without statistics (SQLite is never
     # ANALYZEd here) SQLite sees "status = ?" and "recipient = ?" as equally selective and
@@ -377,19 +520,11 @@ def filter_where(f: MessageFilter, default_region: str = "") -> Where:
     # indexes. Postgres has statistics and picks the search index itself; there the plain
     # column is better: m0006's search indexes INCLUDE status, provider and error_code, so it
     # filters inside the index.
-    column = "+" if q and is_sqlite() else ""
-    for name, value in (("status", f.status if f.status in _STATUSES else ""),
-                        ("provider", f.provider), ("error_code", f.error_code)):
+    where = Where(tuple(terms), tuple(params), searching=bool(q))
+    for name, value in (("provider", f.provider), ("error_code", f.error_code)):
         if value:
-            terms.append(f"{column}{name} = {p}")
-            params.append(value)
-    if f.created_from:
-        terms.append(f"created_at >= {p}")
-        params.append(_midnight(f.created_from))
-    if f.created_to:  # inclusive day: everything before the next midnight
-        terms.append(f"created_at < {p}")
-        params.append(_midnight(f.created_to + dt.timedelta(days=1)))
-    return Where(tuple(terms), tuple(params))
+            where = where.equal(name, value)
+    return where
 
 
 def _midnight(day: dt.date) -> dt.datetime:
@@ -407,21 +542,48 @@ def _search_where(q: str, default_region: str) -> tuple[str, list[Any]]:
     One column is the usual answer, and one equality lets the planner read that column's index
     in created_at order and stop at a page. ORing all four every time makes SQLite merge four
     index lookups and sort every match: a test number with thousands of messages, or a
-    campaign client_ref, sorted on every page.
+    campaign client_ref, sorted on every page. A whole number found as written wins over the
+    same digits read as the end of a number (they would only add other countries' numbers).
     """
     p = db.obj.param
+    candidates = [(f"{name} = {p}", [q])
+                  for name in ("reference", "provider_message_id", "client_ref")]
     number = _search_number(q, default_region)
-    candidates = [("reference", q), ("provider_message_id", q), ("client_ref", q)]
+    suffix = phones.search_suffix(q)
+    if suffix:
+        candidates.insert(0, _suffix_term(suffix))
     if number:
-        candidates.insert(0, ("recipient", number))
-    probe = ", ".join(f"EXISTS (SELECT 1 FROM message WHERE {name} = {p})"  # noqa: S608
-                      for name, _ in candidates)
-    found = db.obj.execute_sql(f"SELECT {probe}", [v for _, v in candidates]).fetchone()
-    hits = [(name, value) for (name, value), hit in zip(candidates, found, strict=True) if hit]
+        candidates.insert(0, (f"recipient = {p}", [number]))
+    probe = ", ".join(f"EXISTS (SELECT 1 FROM message WHERE {term})"  # noqa: S608
+                      for term, _ in candidates)
+    found = db.obj.execute_sql(f"SELECT {probe}",
+                               [v for _, values in candidates for v in values]).fetchone()
+    hits = [c for c, hit in zip(candidates, found, strict=True) if hit]
+    if number and suffix and found[0]:
+        hits.remove(candidates[1])
     if not hits:
         return "1 = 0", []  # nothing holds it: a constant the planner answers at once
-    return ("(" + " OR ".join(f"{name} = {p}" for name, _ in hits) + ")",
-            [value for _, value in hits])
+    return ("(" + " OR ".join(f"({term})" for term, _ in hits) + ")",
+            [v for _, values in hits for v in values])
+
+
+# The last digits migration 0009 indexes (with created_at): a search by the end of a number
+# reads that index's entries for its last 4 digits in created_at order, and checks the longer
+# end on each. Written exactly as the index expression, or the database would not use it.
+SUFFIX_INDEX_DIGITS = 4
+
+
+def _suffix_term(digits: str) -> tuple[str, list[Any]]:
+    """Numbers ending in `digits` (SUFFIX_MIN_DIGITS to 15 of them)."""
+    p = db.obj.param
+
+    def tail(n: int) -> str:
+        return f"substr(recipient, -{n})" if is_sqlite() else f"right(recipient, {n})"
+
+    term, params = f"{tail(SUFFIX_INDEX_DIGITS)} = {p}", [digits[-SUFFIX_INDEX_DIGITS:]]
+    if len(digits) > SUFFIX_INDEX_DIGITS:
+        term, params = f"{term} AND {tail(len(digits))} = {p}", [*params, digits]
+    return term, params
 
 
 def pretty_body(callback: Callback) -> str:
