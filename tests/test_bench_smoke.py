@@ -54,6 +54,7 @@ COVERED = {
     "skycore_standin.py": "test_skycore_standin, and every dispatch run",
     "slow_clients.py": "test_slow_clients_smoke",
     "mutants.py": "test_mutants_smoke",
+    "webhooks.py": "test_webhooks_smoke",
 }
 
 
@@ -288,3 +289,12 @@ def test_slow_clients_smoke(tmp_path: Path) -> None:
                        cwd=tmp_path)
     assert re.search(r"^20 stalled\s+callback\s+\d+\s+0\s", output, re.MULTILINE), output
     assert (tmp_path / "s.jsonl").read_text().count("\n") == 2
+
+
+@pytest.mark.parametrize("db", DATABASES)
+def test_webhooks_smoke(db: str, tmp_path: Path) -> None:
+    """400 status changes through `tracker worker` to a loopback receiver, up and then down
+    for the first half; the bench itself fails when an event is not delivered."""
+    output = run_bench("webhooks.py", "--smoke", "--db", db, *pg_args(db, "--pg-url"),
+                       cwd=tmp_path)
+    assert output.count(" OK") == 2, output[-3000:]

@@ -17,7 +17,7 @@ from typing import Any
 import click
 from flask import Flask
 
-from . import __version__, create_app, logmask, shipped
+from . import __version__, cli_webhooks, create_app, logmask, shipped
 from .errors import ConfigError
 from .settings import DEFAULTS
 
@@ -379,6 +379,9 @@ def export(fmt: str, mask_phones: bool, output: str, **filters: str) -> None:
                                phone=(lambda n: mask_phone(n) if n else n) if mask_phones else None)
     click.echo(f"{count} message(s) written to {output} in {time.monotonic() - started:.1f} s",
                err=True)
+
+
+cli_webhooks.register(main, keys)  # tracker webhooks …, tracker keys webhook-secret
 
 
 if __name__ == "__main__":
