@@ -145,8 +145,6 @@ def test_viewer_downloads_a_csv_export_of_the_filtered_list(app, live_url, brows
     from selenium.webdriver.support.ui import Select
     from test_exports import seed
 
-    from tracker.web import exports as web_exports
-
     app.config["EXPORTS_DIR"] = str(tmp_path / "exports")
     downloads = tmp_path / "downloads"
     downloads.mkdir()
@@ -187,6 +185,3 @@ def test_viewer_downloads_a_csv_export_of_the_filtered_list(app, live_url, brows
     assert {int(r["id"]) for r in rows} == {
         m.id for m in Message.select().where(Message.reference.in_(shown))}
     assert {r["status"] for r in rows} == {"delivered"} and len(rows) == len(shown)
-    for child in list(web_exports._children.values()):  # it may still be closing its database
-        child.wait(timeout=30)
-    web_exports._reap()

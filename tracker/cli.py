@@ -344,9 +344,56 @@ def callbacks_replay(ids: tuple[int, ...], since: str | None, until: str | None,
     click.echo(f"{count} callback(s) {'checked (dry run)' if dry_run else 'replayed'}", err=True)
 
 
+def _export_formats() -> list[str]:
+    from .exports import FORMATS
+
+    return list(FORMATS)
+
+
+def _export_formats_help() -> str:
+    from .exports import FORMATS
+
+    return "; ".join(f"{f.name}: {f.help}" for f in FORMATS.values()) + "."
+
+
+class _ExportProgress:
+    """Rows written and the rate (and, with the total, percent and time left) on the
+    terminal's last line, redrawn at most every REDRAW seconds; silent when stderr is not a
+    terminal, so a cron job's mail or a pipe gets the summary line alone."""
+
+    REDRAW = 0.2
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self.started = self.drawn = time.monotonic()
+        self.rows = 0
+
+    def __call__(self, rows: int) -> None:
+        self.rows = rows
+        now = time.monotonic()
+        if self.enabled and now - self.drawn >= self.REDRAW:
+            self.drawn = now
+            click.echo(f"\r\x1b[K{self.line(now)}", nl=False, err=True)
+
+    def line(self, now: float) -> str:
+        """"12,345 of 100,000 rows (12 %), 45,000 rows/s, about 2 s left"."""
+        elapsed = now - self.started
+        rate = self.rows / elapsed if elapsed > 0 else 0.0
+        if not self.total:
+            return f"{self.rows:,} rows written, {rate:,.0f} rows/s"
+        left = f", about {(self.total - self.rows) / rate:.0f} s left" if rate else ""
+        return (f"{self.rows:,} of {self.total:,} rows ({min(100, 100 * self.rows // self.total)}"
+                f" %), {rate:,.0f} rows/s{left}")
+
+    def close(self) -> None:
+        """Clear the progress line (the summary follows)."""
+        if self.enabled and self.rows:
+            click.echo("\r\x1b[K", nl=False, err=True)
+
+
 @main.command("export")
-@click.option("--format", "fmt", type=click.Choice(["csv", "csv-excel", "xlsx", "jsonl"]),
-              default="csv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(_export_formats()), default="csv",
+              show_default=True, help=_export_formats_help())
 @click.option("--status", default="", help="Only this status (as the dashboard filter).")
 @click.option("--provider", default="", help="Only this provider.")
 @click.option("--q", default="", help="Phone number in any format, reference, provider id or "
@@ -354,31 +401,46 @@ def callbacks_replay(ids: tuple[int, ...], since: str | None, until: str | None,
 @click.option("--error-code", default="", help="Only this error code.")
 @click.option("--created-from", default="", help="Created on or after this UTC day (YYYY-MM-DD).")
 @click.option("--created-to", default="", help="Created on or before this UTC day (YYYY-MM-DD).")
-@click.option("--mask-phones", is_flag=True, help="Mask numbers as the dashboard does for viewers.")
+@click.option("--mask-phones", is_flag=True, help="Mask phone numbers (to, from, and numbers "
+              "in the text) as the dashboard does for viewers.")
 @click.option("--output", required=True, type=click.Path(dir_okay=False),
               help="File to write; it appears only once complete.")
 def export(fmt: str, mask_phones: bool, output: str, **filters: str) -> None:
-    """Export the messages a dashboard filter shows, every page (tracker.exports)."""
-    from pathlib import Path
-
+    """Export the messages a dashboard filter shows, every page, newest first, as the list
+    shows them (tracker.exports). On a terminal, rows written and the rate are shown as it
+    goes."""
     from . import exports, reporting
     from .db import db as database
-    from .phones import mask_phone
 
     problems = reporting.filter_problems(filters)
-    if problems:
-        raise click.UsageError("; ".join(p.replace("created from", "--created-from")
-                                         .replace("created to", "--created-to")
-                                         .replace("status:", "--status:") for p in problems))
+    if problems:  # never "all rows" for a filter that could not be read
+        raise click.UsageError("; ".join(_option_named(p) for p in problems))
     app = _app()
     flt = reporting.MessageFilter.from_args(filters)  # parsed as the dashboard parses its own
+    region = app.config["TRACKER"]["default_region"]
     started = time.monotonic()
     with app.app_context(), database.connection_context():
-        count = exports.export(fmt, flt, Path(output),
-                               default_region=app.config["TRACKER"]["default_region"],
-                               phone=(lambda n: mask_phone(n) if n else n) if mask_phones else None)
-    click.echo(f"{count} message(s) written to {output} in {time.monotonic() - started:.1f} s",
-               err=True)
+        top = exports.top_id()
+        terminal = sys.stderr.isatty()
+        progress = _ExportProgress(exports.expected_rows(flt, region, top) if terminal else None,
+                                   terminal)
+        try:
+            count = exports.export(fmt, flt, Path(output), default_region=region,
+                                   masked=mask_phones, progress=progress, top=top)
+        finally:
+            progress.close()
+    seconds = time.monotonic() - started
+    click.echo(f"{count:,} message(s) written to {output} in {seconds:.1f} s"
+               f" ({count / seconds if seconds else 0:,.0f} rows/s)", err=True)
+
+
+def _option_named(problem: str) -> str:
+    """A filter problem in the words of the command line: "created from: ..." ->
+    "--created-from: ..."."""
+    for words, option in (("created from", "--created-from"), ("created to", "--created-to"),
+                          ("status:", "--status:")):
+        problem = problem.replace(words, option)
+    return problem
 
 
 cli_webhooks.register(main, keys)  # tracker webhooks …, tracker keys webhook-secret

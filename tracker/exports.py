@@ -7,20 +7,27 @@ A sync gunicorn worker is killed when one request runs past `timeout` (30 s): a 
 streams rows as they are read is then cut after its 200, silently (measured in
 perf-baseline.md: 63 of 101 MB). So an export is never streamed from the database to the
 client. `export()` writes the whole file first, to `<output>.part`, and renames it into place
-only when the last row is written: a file under its final name is complete by construction. The
-dashboard runs it as a job in its own process (`tracker export`, spawned by
-tracker/web/exports.py), outside any gunicorn timeout, so there is no row cap; the download is
-then a plain file send (sendfile, `Content-Length`, HTTP Range). That send is still one
-request under the same timeout, but it moves bytes only: 100 MB within 30 s needs 3.4 MB/s
-(under a second on loopback or a LAN; a buffering reverse proxy such as nginx frees the worker
-that fast whatever the client's link). If a slow client is cut anyway it is never silent (the
-client knows the length and reports a short file) and it can resume with a Range request.
+only when the last row is written: a file under its final name is complete by construction.
+From the page, an export is a job of the application (tracker/export_jobs.py: a row in
+`export_job`, written by the worker, or within the click itself when it is small), so there is
+no row cap; the download is then a plain file send (sendfile, `Content-Length`, HTTP Range).
+That send is still one request under the same timeout, but it moves bytes only: 100 MB within
+30 s needs 3.4 MB/s (under a second on loopback or a LAN; a buffering reverse proxy such as
+nginx frees the worker that fast whatever the client's link). If a slow client is cut anyway it
+is never silent (the client knows the length and reports a short file) and it can resume with a
+Range request.
 
-Rows are read with keyset pagination over the primary key (`id > last ORDER BY id LIMIT 5000`,
-never OFFSET), so memory is one batch whatever the row count, on SQLite and on Postgres (where
-psycopg2 would otherwise buffer a whole result client-side). The upper bound is the highest id
-when the export starts, so rows inserted meanwhile do not make it chase the table. Each batch
-is its own read: a long export is not one snapshot (a status may change between batches).
+Order: the messages list's, newest first (`created_at DESC, id DESC`, reporting.list_sql).
+Rows are read with keyset pagination on that pair (`created_at <= at AND (created_at < at OR
+id < last) ... LIMIT 5000`, never OFFSET), so memory is one batch whatever the row count, on
+SQLite and on Postgres (where psycopg2 would otherwise buffer a whole result client-side). Every
+filter index ends in created_at (SQLite adds the rowid after it), so each batch is one index
+range read in order. The keyset carries the last row's stored created_at itself (read as a
+trailing column, dropped before writing), not a subquery on its id: retention may delete that
+row meanwhile, and a lookup of a deleted anchor would end the export early without a word.
+The upper bound is the highest id when the export starts, so rows inserted meanwhile are not
+in it. Each batch is its own read: a long export is not one snapshot (a status may change
+between batches).
 
 Speed: for the text formats the database does the per-value work (times formatted, latency
 computed, CSV neutralization) and rows come raw from the cursor, straight into csv.writer:
@@ -37,9 +44,10 @@ managed about 8,000 rows/s (two minutes for 1 M rows against the 12 s goal). A s
 
 Formula injection policy (spreadsheets evaluate a cell starting with = + - @, tab or CR)
 ----------------------------------------------------------------------------------------
-- Text from outside (client_ref, provider_message_id, error_code, error_detail) in CSV: a
-  value starting with one of those characters gets a leading `'` (OWASP), so it shows as text.
-  reference, provider, status and encoding are our own values and never start with one.
+- Text from outside (client_ref, provider_message_id, error_code, error_detail, the message
+  text) in CSV: a value starting with one of those characters gets a leading `'` (OWASP), so
+  it shows as text. reference, provider, status and encoding are our own values and never
+  start with one.
 - `to`/`from` in CSV: a valid E.164 number (`+` and 7-15 digits) is a numeric constant, never
   code, so it stays exact in `csv` (for programs). In `csv-excel` (for people) it is written as
   `="+77011234567"`: Excel and LibreOffice would otherwise turn `+77011234567` into the number
@@ -50,21 +58,35 @@ Formula injection policy (spreadsheets evaluate a cell starting with = + - @, ta
   exact and nothing is evaluated; times are real date cells, numbers numbers.
 - JSON Lines is not for spreadsheets: values are exact.
 
-All times are UTC.
+Masking (`masked=True`: a viewer's export when `mask_phone_numbers` is on, and scheduled reports)
+----------------------------------------------------------------------------------------------
+- `to` and `from` as the dashboard shows them to viewers (phones.mask_phone: +7701•••••67).
+- `text`: every phone number written in it is masked too (`mask_text`): a run of 7 or more
+  digits, with an optional leading `+` and up to two spaces, dashes, dots or brackets between
+  digits ("+7 701 555-01-19"), keeps its first four digits and last two when it has nine or
+  more (the recipient's own number reads exactly as in `to`), and only its last two otherwise.
+  Dates (2026-01-31, 31.01.2026) stay; shorter numbers (codes, amounts under a million) stay.
+  The rest of the text is as sent: support needs it to answer "what did they get?".
+
+Columns: COLUMNS, `text` last (the longest value; a reader of the other columns by position
+is not moved by it). All times are UTC.
 """
+
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
+import operator
 import os
 import queue
 import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import peewee as pw
 from peewee import fn
@@ -72,38 +94,22 @@ from peewee import fn
 from . import reporting, xlsx
 from .db import db, is_sqlite
 from .models import Message
+from .phones import mask_phone
 
 BATCH_SIZE = 5000
 
-FORMATS = ("csv", "csv-excel", "xlsx", "jsonl")
-EXTENSIONS = {"csv": "csv", "csv-excel": "csv", "xlsx": "xlsx", "jsonl": "jsonl"}
-MIMETYPES = {
-    "csv": "text/csv; charset=utf-8",
-    "csv-excel": "text/csv; charset=utf-8",
-    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-    "jsonl": "application/x-ndjson",
-}
-
 COLUMNS = ("id", "reference", "client_ref", "provider", "provider_message_id", "to", "from",
            "status", "status_inferred", "error_code", "error_detail", "encoding", "segments",
-           "created_at", "submitted_at", "status_at", "delivered_latency_s", "attempts")
+           "created_at", "submitted_at", "status_at", "delivered_latency_s", "attempts", "text")
 
-# What is read, in this order; `delivered_latency_s` is computed.
-_FIELDS = (Message.id, Message.reference, Message.client_ref, Message.provider,
-           Message.provider_message_id, Message.recipient, Message.sender, Message.status,
-           Message.status_inferred, Message.error_code, Message.error_detail, Message.encoding,
-           Message.segments, Message.created_at, Message.submitted_at, Message.status_at,
-           Message.attempts)
-
-_TO, _FROM, _INFERRED = 5, 6, 8
+_TO, _FROM, _INFERRED, _TEXT = 5, 6, 8, 18
 _TIMES = (13, 14, 15)
-# Text from outside (clients, providers): neutralized in CSV. reference, provider, status and
-# encoding are ours (generated id, slug, enum values) and never start with a trigger character.
-_TEXT = (2, 4, 9, 10)
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _E164 = re.compile(r"\+[1-9]\d{6,14}")
 
 Row = tuple[Any, ...]
+Progress = Callable[[int], None]  # called after each batch with the rows written so far
+_without_keyset = operator.itemgetter(slice(0, -1))  # a row without its trailing created_at
 
 
 def neutralize(value: str | None) -> str | None:
@@ -120,10 +126,46 @@ def phone_cell(value: str | None, excel: bool) -> str | None:
     return neutralize(value)
 
 
+# -- masking (see the module docstring) ------------------------------------------------------
+
+# A date is tried first at each position, so that a date is never read as a number.
+_IN_TEXT = re.compile(r"(?P<date>\d{4}-\d\d-\d\d|\d\d[./]\d\d[./]\d{4})"
+                      r"|\+?\(?\d(?:[ \-.()]{0,2}\d){6,}")
+
+
+def mask_number(number: str | None) -> str | None:
+    """`to`/`from` in a masked export, as the dashboard shows them to viewers."""
+    return mask_phone(number) if number else number
+
+
+def mask_text(text: str | None) -> str | None:
+    """A message's text in a masked export: each phone number in it masked."""
+    return _IN_TEXT.sub(_masked_run, text) if text else text
+
+
+def _masked_run(found: re.Match[str]) -> str:
+    run = found[0]
+    if found["date"]:
+        return run
+    digits = sum(c.isdigit() for c in run)
+    head = 4 if digits >= 9 else 0  # 4 + 2 kept of 9 digits: 3 hidden, as mask_phone's minimum
+    out, seen = [], 0
+    for char in run:
+        if char.isdigit():
+            seen += 1
+            char = char if seen <= head or seen > digits - 2 else "•"
+        out.append(char)
+    return "".join(out)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
 def _batches(fields: list[Any], flt: reporting.MessageFilter, default_region: str,
-             batch_size: int) -> Iterator[list[Row]]:
-    """The filter's messages, oldest first, `batch_size` raw rows at a time (keyset on id;
-    the id must be the first field), each batch read while the caller writes the one before.
+             batch_size: int, top: int | None = None) -> Iterator[list[Row]]:
+    """The filter's messages up to id `top` (default: the highest now) in the list's order,
+    newest first, `batch_size` raw rows at a time (the id must be the first field), each batch
+    read while the caller writes the one before.
 
     The reads run in a thread on its own connection: while the database works (SQLite and
     psycopg2 release the GIL) the caller formats and writes, so an export takes about the
@@ -145,7 +187,7 @@ def _batches(fields: list[Any], flt: reporting.MessageFilter, default_region: st
     def read() -> None:
         try:
             with db.connection_context():
-                for batch in _read_batches(fields, flt, default_region, batch_size):
+                for batch in _read_batches(fields, flt, default_region, batch_size, top):
                     if not offer(batch):
                         return
             offer(None)
@@ -164,24 +206,45 @@ def _batches(fields: list[Any], flt: reporting.MessageFilter, default_region: st
         reader.join()
 
 
+def top_id() -> int | None:
+    """The highest message id now: an export covers the messages up to it."""
+    return Message.select(Message.id).order_by(Message.id.desc()).limit(1).scalar()
+
+
 def _read_batches(fields: list[Any], flt: reporting.MessageFilter, default_region: str,
-                  batch_size: int) -> Iterator[list[Row]]:
-    flt = dataclasses.replace(flt, before=None)  # pagination: an export is every page
-    top = Message.select(Message.id).order_by(Message.id.desc()).limit(1).scalar()
+                  batch_size: int, top: int | None) -> Iterator[list[Row]]:
+    flt = flt.without_page()  # pagination: an export is every page
+    top = top_id() if top is None else top
     if top is None:
         return
-    last = 0
+    p = db.obj.param
+    read = [*fields, Message.created_at]  # the keyset's stored value, dropped below
+    keyset: list[pw.Node] = []
     while True:
-        query = reporting.narrow(
-            Message.select(*fields).where((Message.id > last) & (Message.id <= top)),
-            flt, default_region,
-        ).order_by(Message.id).limit(batch_size)
+        query = reporting.narrow(Message.select(*read).where(Message.id <= top, *keyset),
+                                 flt, default_region)
+        query = query.order_by(Message.created_at.desc(), Message.id.desc()).limit(batch_size)
         batch = db.obj.execute(query).fetchall()  # raw values: no per-value conversion
         if batch:
-            yield batch
+            yield list(map(_without_keyset, batch))
         if len(batch) < batch_size:
             return
-        last = batch[-1][0]
+        last_id, at = batch[-1][0], batch[-1][-1]
+        # As reporting.list_sql writes it: the first term bounds the index range.
+        keyset = [pw.SQL(f"created_at <= {p} AND (created_at < {p} OR id < {p})",
+                         [at, at, last_id])]
+
+
+def expected_rows(flt: reporting.MessageFilter, default_region: str = "",
+                  top: int | None = None) -> int:
+    """How many messages an export of the filter writes (up to message `top`), exact now."""
+    query = Message.select(fn.COUNT(Message.id))
+    if top is not None:
+        query = query.where(Message.id <= top)
+    return reporting.narrow(query, flt.without_page(), default_region).scalar() or 0
+
+
+# -- what the database computes per row -------------------------------------------------------
 
 
 def _text_fields(style: str) -> list[Any]:
@@ -225,7 +288,7 @@ def _text_fields(style: str) -> list[Any]:
             phone(Message.sender), Message.status, inferred, text(Message.error_code),
             text(Message.error_detail), Message.encoding, Message.segments,
             time_text(Message.created_at), time_text(Message.submitted_at),
-            time_text(Message.status_at), _latency(), Message.attempts]
+            time_text(Message.status_at), _latency(), Message.attempts, text(Message.text)]
 
 
 def _latency() -> Any:
@@ -246,9 +309,10 @@ Cell = tuple[str, list[Any]]
 
 def _xlsx_fields(masked: bool) -> list[Any]:
     """The XLSX rows as the database renders them: [id, cells], cells being the row's finished
-    XML cells in one string; with a phone mask, [id, cells before `to`, to, from, cells after]
-    (the mask runs in Python). The one printf/format per row builds each string once: with `||`
-    the query took 25 % longer, and rendering the cells in Python took twice as long."""
+    XML cells in one string; masked, [id, cells before `to`, to, from, cells after it up to
+    `text`, text] (the mask runs in Python). The one printf/format per row builds each string
+    once: with `||` the query took 25 % longer, and rendering the cells in Python took twice as
+    long."""
     cells: list[Cell] = [
         _xlsx_number(Message.id), _xlsx_text(Message.reference),
         _xlsx_text(Message.client_ref, outside=True), _xlsx_text(Message.provider),
@@ -262,13 +326,12 @@ def _xlsx_fields(masked: bool) -> list[Any]:
         _xlsx_number(Message.segments), _xlsx_time(Message.created_at),
         _xlsx_time(Message.submitted_at), _xlsx_time(Message.status_at),
         _xlsx_number(_latency(), null=True), _xlsx_number(Message.attempts),
+        _xlsx_text(Message.text, outside=True),
     ]
     if masked:
         return [Message.id, _sql_row(cells[:_TO]), Message.recipient, Message.sender,
-                _sql_row(cells[_FROM + 1:])]
+                _sql_row(cells[_FROM + 1:_TEXT]), Message.text]
     return [Message.id, _sql_row(cells)]
-
-
 def _sql_row(cells: list[Cell]) -> Any:
     template = "".join(text for text, _ in cells)
     arguments = [argument for _, some in cells for argument in some]
@@ -321,93 +384,152 @@ def _xlsx_text(field: pw.Field, outside: bool = False) -> Cell:
     return "%s", [pw.Case(None, [(field.is_null(), xlsx.EMPTY), (dirty, deferred)], clean)]
 
 
+
+
 # -- writers: each writes a file at `path` and returns the row count --------------------------
 
 
 def write_csv(path: Path, flt: reporting.MessageFilter, excel: bool = False, *,
-              default_region: str = "", batch_size: int = BATCH_SIZE,
-              phone: Callable[[str | None], str | None] | None = None) -> int:
+              default_region: str = "", batch_size: int = BATCH_SIZE, masked: bool = False,
+              progress: Progress | None = None, top: int | None = None) -> int:
     """CSV, UTF-8, CRLF. `excel`: with a BOM (Excel then reads UTF-8), times Excel parses, and
     phone numbers that stay text."""
     count = 0
     fields = _text_fields("csv-excel" if excel else "csv")
-    if phone is not None:  # masked numbers: the phone policy runs on the masked text instead
-        fields[_TO], fields[_FROM] = Message.recipient, Message.sender
+    if masked:  # the phone and free-text policies run on the masked text instead
+        fields[_TO], fields[_FROM], fields[_TEXT] = Message.recipient, Message.sender, Message.text
     with open(path, "w", encoding="utf-8-sig" if excel else "utf-8", newline="") as out:
         # CRLF for both (RFC 4180): the csv module quotes a field only when it holds a
         # character of the line terminator, so with "\n" alone a bare CR would split a row.
         writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(COLUMNS)
-        for batch in _batches(fields, flt, default_region, batch_size):
-            if phone is not None:
-                batch = [(*row[:_TO], phone_cell(phone(row[_TO]), excel),
-                          phone_cell(phone(row[_FROM]), excel), *row[_FROM + 1:])
-                         for row in batch]
+        for batch in _batches(fields, flt, default_region, batch_size, top):
+            if masked:
+                batch = [(*row[:_TO], phone_cell(mask_number(row[_TO]), excel),
+                          phone_cell(mask_number(row[_FROM]), excel), *row[_FROM + 1:_TEXT],
+                          neutralize(mask_text(row[_TEXT]))) for row in batch]
             writer.writerows(batch)
             count += len(batch)
+            if progress is not None:
+                progress(count)
     return count
 
 
 def write_jsonl(path: Path, flt: reporting.MessageFilter, *, default_region: str = "",
-                batch_size: int = BATCH_SIZE,
-                phone: Callable[[str | None], str | None] | None = None) -> int:
+                batch_size: int = BATCH_SIZE, masked: bool = False,
+                progress: Progress | None = None, top: int | None = None) -> int:
     """One JSON object per line, keys in COLUMNS order, exact values, times ISO 8601 with Z."""
     count = 0
     encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     with open(path, "w", encoding="utf-8", newline="\n") as out:
-        for batch in _batches(_text_fields("jsonl"), flt, default_region, batch_size):
+        for batch in _batches(_text_fields("jsonl"), flt, default_region, batch_size, top):
             lines = []
             for row in batch:
                 cells = list(row)
                 cells[_INFERRED] = bool(cells[_INFERRED])
-                if phone is not None:
-                    cells[_TO], cells[_FROM] = phone(cells[_TO]), phone(cells[_FROM])
+                if masked:
+                    cells[_TO], cells[_FROM] = mask_number(cells[_TO]), mask_number(cells[_FROM])
+                    cells[_TEXT] = mask_text(cells[_TEXT])
                 lines.append(encode(dict(zip(COLUMNS, cells, strict=True))))
             out.write("\n".join(lines) + "\n")
             count += len(lines)
+            if progress is not None:
+                progress(count)
     return count
 
 
 def write_xlsx(path: Path, flt: reporting.MessageFilter, *, default_region: str = "",
-               batch_size: int = BATCH_SIZE,
-               phone: Callable[[str | None], str | None] | None = None,
+               batch_size: int = BATCH_SIZE, masked: bool = False,
+               progress: Progress | None = None, top: int | None = None,
                sheet_rows: int = xlsx.MAX_ROWS) -> int:
     """Header bold and frozen; text as string cells (never formulas), times as date cells,
     numbers as numbers; past `sheet_rows` rows (header included) the rows go on to a new
     sheet ("messages 2", ...)."""
     with xlsx.Workbook(path, COLUMNS, sheet_name="messages", sheet_rows=sheet_rows,
-                       widths=dict.fromkeys(_TIMES, 23)) as book:
-        for batch in _batches(_xlsx_fields(masked=phone is not None), flt, default_region,
-                              batch_size):
-            if phone is None:
+                       widths={**dict.fromkeys(_TIMES, 23), _TEXT: 60}) as book:
+        for batch in _batches(_xlsx_fields(masked), flt, default_region, batch_size, top):
+            if not masked:
                 book.write_rows([cells for _, cells in batch])
             else:
                 cell = xlsx.text_cell
-                book.write_rows([f"{head}{cell(phone(to))}{cell(phone(sender))}{tail}"
-                                 for _, head, to, sender, tail in batch])
+                book.write_rows([f"{head}{cell(mask_number(to))}{cell(mask_number(sender))}"
+                                 f"{tail}{cell(mask_text(text))}"
+                                 for _, head, to, sender, tail, text in batch])
+            if progress is not None:
+                progress(book.rows)
     return book.rows
 
 
+# -- the one format registry ------------------------------------------------------------------
+
+
+class Writer(Protocol):
+    """What every format's writer takes (see write_csv)."""
+
+    def __call__(self, path: Path, flt: reporting.MessageFilter, *, default_region: str = ...,
+                 batch_size: int = ..., masked: bool = ..., progress: Progress | None = ...,
+                 top: int | None = ...) -> int: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportFormat:
+    """One export format. The CLI's `--format` choices, the messages page's links, scheduled
+    reports' `format`, file and download names and the Content-Type all read FORMATS."""
+
+    name: str  # `--format`, `?format=`, `[reports.x] format`
+    label: str  # the page's link
+    extension: str  # of files and downloads (csv and csv-excel share .csv)
+    content_type: str  # the download's Content-Type header, as sent
+    writer: Writer
+    help: str  # a line for `tracker export --help` and the README
+
+    def file_name(self, stem: str) -> str:
+        """`<stem>.<extension>`."""
+        return f"{stem}.{self.extension}"
+
+
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
+    ExportFormat("csv", "CSV", "csv", "text/csv; charset=utf-8", write_csv,
+                 "CSV for programs: UTF-8, exact values, ISO 8601 times"),
+    ExportFormat("csv-excel", "CSV for Excel", "csv", "text/csv; charset=utf-8",
+                 functools.partial(write_csv, excel=True),
+                 "CSV for spreadsheets: a BOM, times Excel reads, numbers kept as text"),
+    ExportFormat("xlsx", "XLSX", "xlsx",
+                 "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", write_xlsx,
+                 "an Excel workbook: real date and number cells, text never a formula"),
+    ExportFormat("jsonl", "JSON Lines", "jsonl", "application/x-ndjson", write_jsonl,
+                 "one JSON object per line, exact values"),
+)}
+EXTENSIONS = frozenset(f.extension for f in FORMATS.values())
+
+
+def get_format(name: str) -> ExportFormat:
+    """The format called `name`; ValueError naming the choices otherwise."""
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {name!r}") from None
+
+
+def format_of_extension(extension: str) -> ExportFormat | None:
+    """The first format written with that extension (csv, not csv-excel, for .csv)."""
+    return next((f for f in FORMATS.values() if f.extension == extension), None)
+
+
 def export(fmt: str, flt: reporting.MessageFilter, output: Path, *, default_region: str = "",
-           batch_size: int = BATCH_SIZE,
-           phone: Callable[[str | None], str | None] | None = None) -> int:
-    """Write every message the filter matches to `output` in `fmt`; return the row count.
+           batch_size: int = BATCH_SIZE, masked: bool = False, progress: Progress | None = None,
+           top: int | None = None) -> int:
+    """Write every message the filter matches (up to id `top`, default: the highest now) to
+    `output` in the format named `fmt`, newest first; return the row count. `progress` is
+    called after each batch with the rows written so far (it may raise to stop the export).
 
     The file appears under its name only once complete (written as `<output>.part`, renamed)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+    writer = get_format(fmt).writer
     output = Path(output)
     partial = output.with_name(output.name + ".part")
     try:
-        if fmt == "xlsx":
-            count = write_xlsx(partial, flt, default_region=default_region,
-                               batch_size=batch_size, phone=phone)
-        elif fmt == "jsonl":
-            count = write_jsonl(partial, flt, default_region=default_region,
-                                batch_size=batch_size, phone=phone)
-        else:
-            count = write_csv(partial, flt, fmt == "csv-excel", default_region=default_region,
-                              batch_size=batch_size, phone=phone)
+        count = writer(partial, flt, default_region=default_region, batch_size=batch_size,
+                       masked=masked, progress=progress, top=top)
         os.replace(partial, output)
     except BaseException:
         partial.unlink(missing_ok=True)

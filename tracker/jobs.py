@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from pathlib import Path
 
 from flask import Flask
 
-from . import correlation, expiry, overview, polling, reports
+from . import correlation, expiry, export_jobs, overview, polling, reports
 from .db import db, write_tx
+from .dispatcher import new_owner
 from .models import Lease, utcnow
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,26 @@ def disable_failing_webhooks(app: Flask) -> int:
     if disabled:
         log.warning("disabled failing webhook endpoint(s) %s", ", ".join(map(str, disabled)))
     return len(disabled)
+
+
+def run_export_jobs(app: Flask, owner: str | None = None,
+                    stopping: threading.Event | None = None) -> int:
+    """Write the export jobs waiting (started from the messages page), oldest first, until
+    none is left; return how many were written. Every worker runs this (not only the lease
+    holder): jobs are claimed one by one, never written twice."""
+    with db.connection_context():
+        return export_jobs.run_waiting(owner or new_owner(), export_jobs.folder_of(app),
+                                       default_region=app.config["TRACKER"]["default_region"],
+                                       stopping=stopping)
+
+
+def clean_exports(app: Flask) -> int:
+    """Delete export jobs and files older than export_jobs.KEEP_SECONDS."""
+    with db.connection_context():
+        deleted = export_jobs.clean(export_jobs.folder_of(app))
+    if deleted:
+        log.info("deleted %d old export job(s) and their files", deleted)
+    return deleted
 
 
 def hold_lease(name: str, owner: str, ttl_seconds: float) -> bool:

@@ -261,6 +261,34 @@ class RollupState(BaseModel):
     value = pw.BigIntegerField()
 
 
+class ExportJob(BaseModel):
+    """One export started from the messages page (tracker/export_jobs.py, m0008): what, who,
+    how far, and the lease of the process writing it."""
+
+    token = pw.CharField(max_length=32, unique=True)  # in its URLs: not guessable
+    requested_by = pw.CharField(max_length=64)  # a username: only they (or an admin) see it
+    format = pw.CharField(max_length=16)  # a name of exports.FORMATS
+    filters = pw.TextField()  # JSON: the messages-page filter, as the page names it
+    masked = pw.BooleanField()  # phone numbers masked (a viewer, mask_phone_numbers on)
+    state = pw.CharField(max_length=8)  # queued, running, done, failed
+    rows_written = pw.IntegerField(default=0)
+    rows_expected = pw.IntegerField(null=True)  # the filter's count when writing started
+    file_name = pw.CharField(max_length=64, null=True)  # in the exports folder, once done
+    error = pw.TextField(null=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    started_at = pw.DateTimeField(null=True)
+    progress_at = pw.DateTimeField(null=True)  # rows_written last written
+    finished_at = pw.DateTimeField(null=True)
+    claimed_by = pw.CharField(max_length=128, null=True)  # the writer (host:pid:nonce)
+    claimed_until = pw.DateTimeField(null=True)  # its lease, renewed with each progress write
+
+    class Meta:
+        indexes = (
+            (("requested_by", "state"), False),  # a user's exports under way (the limit)
+            (("created_at",), False),  # cleaning old jobs
+        )
+
+
 class WebhookEndpoint(BaseModel):
     """A URL of an API key's application that receives its messages' status changes."""
 
@@ -329,6 +357,6 @@ class WebhookAttempt(BaseModel):
 
 ALL_MODELS: list[type[BaseModel]] = [
     Message, Callback, Event, ApiKey, User, Lease, LoginFailure, ProviderThrottle,
-    MessageRollup, CallbackRollup, RollupPeriod, RollupState, SchemaMigration,
+    MessageRollup, CallbackRollup, RollupPeriod, RollupState, SchemaMigration, ExportJob,
     WebhookEndpoint, Outbox, WebhookDelivery, WebhookAttempt,
 ]

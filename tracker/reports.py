@@ -14,8 +14,10 @@ writes once, and a worker that was down catches up the latest missed period when
 (older missed periods are not written: the ad-hoc export on the messages page covers any range).
 
 Files are written through `exports.export`, so a file under its final name is complete. They are
-listed to viewers as well as admins, so with `mask_phone_numbers` on they are written masked
-(admins then download the same masked file; the messages page export gives them every digit).
+listed to viewers as well as admins, so with `mask_phone_numbers` on they are written masked:
+`to`, `from` and the numbers written in the text (exports.mask_text; admins then download the
+same masked file; the messages page export gives them every digit). A report's `format` is a
+name of the one registry, exports.FORMATS, which also gives its file extension.
 
 No Flask here: the worker job and the web page both call these functions.
 """
@@ -28,14 +30,13 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import exports, reporting
 from .errors import ConfigError
-from .phones import mask_phone
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ KEYS = ("schedule", *DEFAULTS)
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _AT = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 _FILE = re.compile(r"(?P<report>[a-z0-9][a-z0-9_-]*)-(?P<start>\d{4}-\d\d-\d\d)"
-                   r"(?:_(?P<end>\d{4}-\d\d-\d\d))?\.(?P<ext>csv|xlsx|jsonl)")
+                   r"(?:_(?P<end>\d{4}-\d\d-\d\d))?\.(?P<ext>"
+                   + "|".join(sorted(map(re.escape, exports.EXTENSIONS))) + ")")
 # Where a run writes before its final rename (see `write`); a leading dot keeps it off the list.
 _TEMP = re.compile(r"\..+\.[0-9a-f]{16}(\.part)?")
 TEMP_MAX_AGE = 24 * 3600  # seconds: a temp file this old belongs to a run that died
@@ -64,7 +66,7 @@ class Report:
     name: str
     schedule: str  # "daily" or "weekly"
     at: dt.time  # UTC
-    format: str  # one of exports.FORMATS
+    format: str  # a name of exports.FORMATS
     keep: int
     weekday: int = 0  # weekly only: the day it runs, 0 = Monday
     status: str = ""
@@ -74,7 +76,7 @@ class Report:
 
     @property
     def extension(self) -> str:
-        return exports.EXTENSIONS[self.format]
+        return exports.FORMATS[self.format].extension
 
     def describe(self) -> str:
         """"daily at 02:00 UTC" / "weekly on Monday at 02:00 UTC", for the page."""
@@ -249,12 +251,9 @@ def write(report: Report, period: Period, path: Path, *, default_region: str = "
     Written to a temp name of its own, then renamed: if a lease handover ever lets two workers
     run the same report, they never share the `.part` file `exports.export` writes into."""
     temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    phone: Callable[[str | None], str | None] | None = None
-    if mask:
-        phone = lambda number: mask_phone(number) if number else number  # noqa: E731
     try:
         count = exports.export(report.format, message_filter(report, period), temp,
-                               default_region=default_region, phone=phone)
+                               default_region=default_region, masked=mask)
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
@@ -308,7 +307,7 @@ def _report(name: str, section: Any) -> Report:
             raise ConfigError(f"{where}.{key}: expected a string, got {values[key]!r}")
     return Report(
         name=name, schedule=schedule, at=_at(where, values["at"]),
-        format=_one_of(f"{where}.format", values["format"], exports.FORMATS),
+        format=_one_of(f"{where}.format", values["format"], tuple(exports.FORMATS)),
         keep=_keep(where, values["keep"]),
         weekday=_weekday(where, values["weekday"]),
         status=_status(where, values["status"]), provider=_provider(where, values["provider"]),

@@ -2,9 +2,11 @@
 jobs; never inside a web worker.
 
 Every worker dispatches (on Postgres, any number of hosts share one queue: claims skip rows
-another holds). The periodic jobs (poll, expiry, orphan re-match, rollups, reports) run only in
-the worker holding a lease row in the database, so every job body runs once per period; the
-others stand by and take over when the lease is released (at a graceful stop) or runs out.
+another holds) and writes the export jobs started from the messages page (tracker/export_jobs.py:
+claimed one at a time, never by two workers). The periodic jobs (poll, expiry, orphan re-match,
+rollups, reports, cleaning old exports) run only in the worker holding a lease row in the
+database, so every job body runs once per period; the others stand by and take over when the
+lease is released (at a graceful stop) or runs out.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ from collections.abc import Callable
 from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
 
-from . import jobs
+from . import export_jobs, jobs
 from .db import db
-from .dispatcher import Dispatcher
+from .dispatcher import Dispatcher, new_owner
 
 log = logging.getLogger(__name__)
 LEASE_NAME = "worker"
 LEASE_SECONDS = 30.0
 REPORTS_INTERVAL = 60.0  # a report is written within this long after its `at`
+EXPORTS_CLEAN_INTERVAL = 600.0  # old export jobs and files go within this long after 24 h
 
 
 class Worker:
@@ -50,6 +53,7 @@ class Worker:
         # Overview rollups of closed hours and days: a period not rolled up yet is read live,
         # so a longer interval makes the overview slower for a while, never wrong.
         self._every("roll_up", jobs.roll_up, cfg["rollup_interval_seconds"])
+        self._every("clean_exports", jobs.clean_exports, EXPORTS_CLEAN_INTERVAL)
         self._every("webhook_endpoints", jobs.disable_failing_webhooks, 3600.0)
         if cfg["reports"]:
             self._every("reports", jobs.write_reports, REPORTS_INTERVAL)
@@ -83,6 +87,8 @@ class Worker:
         log.info("worker %s starting", self.owner)
         dispatcher = threading.Thread(target=self._dispatch, name="dispatcher")
         dispatcher.start()
+        exporter = threading.Thread(target=self._export, name="exports")
+        exporter.start()
         webhooks = threading.Thread(target=self._deliver_webhooks, name="webhooks")
         webhooks.start()
         self.scheduler.start()
@@ -98,6 +104,7 @@ class Worker:
             except Exception:
                 log.exception("could not release the worker lease; it runs out by itself")
         dispatcher.join()
+        exporter.join()
         webhooks.join()
         log.info("worker %s stopped", self.owner)
 
@@ -124,6 +131,20 @@ class Worker:
         finally:
             if not db.is_closed():
                 db.close()
+
+    def _export(self) -> None:
+        """Write the export jobs started from the messages page, one at a time, on every
+        worker (a thread: the dispatcher's sends wait on the network, not on this). A job
+        under way when the worker stops goes back to the queue for the next worker."""
+        owner = new_owner()
+        while not self.stopping.is_set():
+            try:
+                ran = jobs.run_export_jobs(self.app, owner, self.stopping)
+            except Exception:
+                log.exception("export jobs: could not look for or write a job; trying again")
+                ran = 0
+            if not ran:
+                self.stopping.wait(export_jobs.LOOK_SECONDS)
 
     def stop(self) -> None:
         """Ask `run()` to return; safe to call from a signal handler."""

@@ -21,12 +21,13 @@ from . import (
     m0005_rollups,
     m0006_search_cover,
     m0007_send_lease,
+    m0008_export_jobs,
     m0009_number_suffix,
     m0011_webhooks,
 )
 
 MIGRATIONS = [m0001_initial, m0002_sending, m0003_dashboard, m0004_accounts,
-              m0005_rollups, m0006_search_cover, m0007_send_lease,
+              m0005_rollups, m0006_search_cover, m0007_send_lease, m0008_export_jobs,
               m0009_number_suffix, m0011_webhooks]
 
 

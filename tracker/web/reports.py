@@ -20,10 +20,6 @@ from ..models import utcnow
 
 bp = Blueprint("reports", __name__)
 
-# A file's format from its extension; for .csv the configured format tells csv from csv-excel.
-_FORMAT_OF = {"csv": "csv", "xlsx": "xlsx", "jsonl": "jsonl"}
-
-
 def _directory() -> Path:
     return Path(current_app.config["TRACKER"]["reports_dir"])
 
@@ -62,16 +58,26 @@ def download(name: str) -> Any:
     found = reports.find_file(_directory(), name)
     if found is None:
         abort(404)
-    return send_file(found.path, mimetype=exports.MIMETYPES[_FORMAT_OF[found.extension]],
-                     as_attachment=True, download_name=found.filename, conditional=True,
-                     max_age=0)
+    content_type = _format_of_extension(found.extension).content_type
+    response = send_file(found.path, mimetype=content_type, as_attachment=True,
+                         download_name=found.filename, conditional=True, max_age=0)
+    response.headers["Content-Type"] = content_type  # as it is: werkzeug would add a charset
+    return response
 
 
 def format_of(found: reports.ReportFile, report: reports.Report | None) -> str:
     """The format a file was written in, as far as its name and the config tell."""
     if report is not None and report.extension == found.extension:
         return report.format
-    return _FORMAT_OF[found.extension]
+    return _format_of_extension(found.extension).name
+
+
+def _format_of_extension(extension: str) -> exports.ExportFormat:
+    """For .csv the configured format tells csv from csv-excel; without it, csv."""
+    found = exports.format_of_extension(extension)
+    if found is None:  # list_files lists only the registry's extensions
+        abort(404)
+    return found
 
 
 def size(count: int) -> str:
