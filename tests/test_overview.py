@@ -277,6 +277,11 @@ def test_a_receipt_without_a_provider_time_is_timed_by_its_arrival(app, viewer) 
     rolled = ov.overview("24h", providers=["fake"], now=NOW)
     assert rolled.live_periods == 0 and (rolled.total.delivered, rolled.total.p50) == (1, 7)
 
+    key = accounts.create_api_key("support-tool")
+    api = viewer.get(f"/api/v1/messages/{m.id}", headers={"Authorization": f"Bearer {key}"})
+    assert (api.json["status_at"], api.json["status_at_source"]) == (
+        "2026-03-10T10:00:09.000Z", "received")
+
     page = viewer.get(f"/messages/{m.id}").get_data(as_text=True)
     assert re.search(r"Status since</dt><dd[^>]*>2026-03-10 10:00:09\.000 UTC <small>\("
                      r"received; the provider gave no time\)</small>", page)

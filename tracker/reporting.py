@@ -54,12 +54,15 @@ def resolve_message_id(ident: str) -> int | None:
 
 def message_detail(message_id: int) -> dict[str, Any]:
     """The API representation of one message with its events."""
-    return {**message_dict(Message.get_by_id(message_id)),
-            "events": [event_dict(e) for e in timeline(message_id)]}
+    events = timeline(message_id)
+    return {**message_dict(Message.get_by_id(message_id), events),
+            "events": [event_dict(e) for e in events]}
 
 
-def message_dict(m: Message) -> dict[str, Any]:
-    """The API representation of one message, without its events."""
+def message_dict(m: Message, events: list[Event] | None = None) -> dict[str, Any]:
+    """The API representation of one message, without its events (`events`: its timeline,
+    when the caller has it: the status time's fallback is read from it)."""
+    shown = statustime.of(m, events)
     return {
         "id": m.id,
         "reference": m.reference,
@@ -80,7 +83,8 @@ def message_dict(m: Message) -> dict[str, Any]:
         "send_at": iso(m.send_at),
         "created_at": iso(m.created_at),
         "submitted_at": iso(m.submitted_at),
-        "status_at": iso(m.status_at),
+        "status_at": iso(shown.at),  # the provider's time, else when its receipt came
+        "status_at_source": shown.source,  # provider, tracker, received (statustime)
         "expires_at": iso(m.expires_at),
         "updated_at": iso(m.updated_at),
         "status_callback": m.status_callback,
