@@ -1,6 +1,7 @@
-"""README screenshots: the overview (last 7 days) and one message's timeline.
+"""README screenshots: the overview (last 7 days), the messages list, one message's timeline,
+and the messages list on a phone.
 
-    .venv/bin/python bench/screenshots.py          # docs/overview.png and docs/message.png
+    .venv/bin/python bench/screenshots.py          # docs/{overview,messages,message,phone}.png
     .venv/bin/python bench/screenshots.py --out-dir /tmp/shots
     .venv/bin/python bench/screenshots.py --smoke  # 40 messages, into a temp folder (removed)
 
@@ -9,7 +10,8 @@ with ~400 messages over the last 7 days through the tracker's own code: sending.
 dispatcher (sending.dispatch, each provider's send() replaced by a scripted answer: nothing goes
 out), real provider callbacks posted to /callbacks/..., the expiry job and the rollups, with the
 clock those modules read (their `utcnow`) set to each step's time. Numbers are the fake
-+7 701 555 01xx. Then it logs in with headless Chromium at 1280x900 and saves the two pages.
++7 701 555 01xx. Then it logs in with headless Chromium and saves the pages at 1280 px wide,
+and the messages list as a 390 px phone shows it (at twice the pixels, as a phone's screen).
 """
 
 from __future__ import annotations
@@ -190,15 +192,26 @@ def seed(app: Any, rng: random.Random, count: int = 400) -> int:
     return m.id
 
 
-def screenshot(driver: Any, path: Path, max_height: int = 2600) -> None:
-    """The page at 1280 px wide and as tall as its content (up to max_height)."""
+DESKTOP = {"width": 1280, "min_height": 900, "deviceScaleFactor": 1, "mobile": False}
+PHONE = {"width": 390, "min_height": 844, "deviceScaleFactor": 2, "mobile": True}
+
+
+def screenshot(driver: Any, path: Path, screen: dict[str, Any] = DESKTOP,
+               max_height: int = 2600) -> None:
+    """The page as `screen` lays it out, as tall as its content (up to max_height)."""
+    def emulate(height: int) -> None:
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": screen["width"], "height": height,
+            "deviceScaleFactor": screen["deviceScaleFactor"], "mobile": screen["mobile"]})
+
+    emulate(screen["min_height"])  # laid out at this width first: its height depends on it
     height = min(driver.execute_script("return document.documentElement.scrollHeight"), max_height)
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-        "width": 1280, "height": max(height, 900), "deviceScaleFactor": 1, "mobile": False})
+    height = max(height, screen["min_height"])
+    emulate(height)
     data = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})["data"]
     path.write_bytes(base64.b64decode(data))
     driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
-    print(f"wrote {path} (1280x{max(height, 900)})")
+    print(f"wrote {path} ({screen['width']}x{height} CSS px)")
 
 
 def main() -> None:
@@ -221,7 +234,7 @@ def main() -> None:
 
 
 def shoot(out_dir: Path, count: int) -> None:
-    """Seed `count` messages, log in, save overview.png and message.png into `out_dir`."""
+    """Seed `count` messages, log in, save the README's PNGs into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -260,12 +273,15 @@ def shoot(out_dir: Path, count: int) -> None:
         driver.find_element(By.NAME, "password").send_keys("demo password 1")
         driver.find_element(By.CSS_SELECTOR, "form.login button").click()
         WebDriverWait(driver, 10).until(expected_conditions.url_matches(r"/messages$"))
-        for url, name in (("/overview?window=7d", "overview.png"),
-                          (f"/messages/{rich}", "message.png")):
+        for url, name, screen, height in (
+                ("/overview?window=7d", "overview.png", DESKTOP, 2600),
+                ("/messages", "messages.png", DESKTOP, 1400),
+                (f"/messages/{rich}", "message.png", DESKTOP, 2600),
+                ("/messages", "phone.png", PHONE, 1500)):
             driver.get(base + url)
             for summary in driver.find_elements(By.CSS_SELECTOR, "details summary")[:1]:
                 summary.click()  # show one raw callback
-            screenshot(driver, out_dir / name)
+            screenshot(driver, out_dir / name, screen, height)
     finally:
         if driver is not None:
             driver.quit()

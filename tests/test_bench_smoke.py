@@ -241,7 +241,7 @@ def test_screenshots(tmp_path: Path) -> None:
     require("chromium", bool(shutil.which("chromium") and shutil.which("chromedriver")),
             "apt-get install chromium chromium-driver")
     run_bench("screenshots.py", "--smoke", "--out-dir", str(tmp_path / "shots"), cwd=tmp_path)
-    for name in ("overview.png", "message.png"):
+    for name in ("overview.png", "messages.png", "message.png", "phone.png"):
         assert (tmp_path / "shots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
