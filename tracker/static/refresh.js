@@ -43,7 +43,7 @@
   }
 
   function clock(when) {
-    return when.toTimeString().slice(0, 8);
+    return when.toISOString().slice(11, 19) + " UTC"; // the pages show UTC times
   }
 
   function say(text) {

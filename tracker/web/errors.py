@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter, ValidationError
 
@@ -93,6 +94,9 @@ def _http_error(exc: HTTPException) -> Any:
                      exc.description or "")
     # A view's own words (abort(400, "select at least one callback")), not werkzeug's stock text.
     custom = exc.description if exc.description != type(exc).description else None
+    if isinstance(exc, CSRFError):  # most often a form left open past its token's life
+        custom = (f"{exc.description} The form's security token (CSRF) was missing or out of "
+                  "date: reload the page and submit it again.")
     response = page(code if code in PAGES else 500, custom)
     if getattr(exc, "retry_after", None):
         response.headers["Retry-After"] = str(exc.retry_after)  # type: ignore[attr-defined]
