@@ -321,6 +321,9 @@ def main() -> int:
                         help="seconds to wait for the last deliveries after the last change")
     parser.add_argument("--smoke", action="store_true", help="400 changes, a 1 s reference")
     args = parser.parse_args()
+    # SIGTERM (the smoke test's timeout) unwinds: the worker and the receiver are stopped and
+    # the database dropped by the `finally` blocks.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if args.smoke:
         args.changes, args.rate = 400, 200.0
     tmp = Path(tempfile.mkdtemp(prefix="dlr-webhooks-"))

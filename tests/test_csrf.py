@@ -20,7 +20,9 @@ from tracker import accounts
 from tracker.models import Callback, Event, Message, User
 
 WITHOUT_CSRF = {"api"}  # blueprints that authenticate by a bearer key, never by the cookie
-URL_ARGS = {"message_id"}  # what a route may take; the test fills it with a real message
+# What a route may take; the test fills message_id with a real message, the others with 1 (the
+# token is checked before any row is looked up).
+URL_ARGS = {"message_id", "endpoint_id", "delivery_id"}
 
 
 def _post_routes(app: Flask) -> list[tuple[str, str]]:
@@ -68,7 +70,8 @@ def test_every_state_changing_form_refuses_a_missing_or_wrong_token(app: Flask,
     assert {"auth.login", "auth.logout", "dashboard.cancel", "dashboard.resend",
             "callback_log.replay_selected"} <= endpoints, endpoints
     for endpoint, rule in routes:
-        url = rule.replace("<id:message_id>", str(message.id))
+        url = (rule.replace("<id:message_id>", str(message.id))
+               .replace("<id:endpoint_id>", "1").replace("<id:delivery_id>", "1"))
         data: dict[str, Any] = {"id": [str(stored.id)], "action": "apply",
                                 "username": "boss", "password": PASSWORD}
         if token == "wrong":

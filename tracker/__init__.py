@@ -44,6 +44,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         overview,
         reports,
         security,
+        webhooks,
     )
 
     cfg = settings.load(test_config)
@@ -71,4 +72,5 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(exports.bp)
     app.register_blueprint(overview.bp)
     app.register_blueprint(reports.bp)
+    webhooks.init_app(app)
     return app

@@ -306,3 +306,36 @@ def enable(endpoint_id: int) -> bool:
         return WebhookEndpoint.update(disabled_at=None, disabled_reason=None,
                                       failing_since=None).where(
             WebhookEndpoint.id == endpoint_id).execute() == 1
+
+
+# -- reading (the dashboard's pages) --------------------------------------------------------
+
+
+def deliveries_of(message_id: int) -> list[tuple[WebhookDelivery, list[Any]]]:
+    """A message's deliveries, each with its attempts, oldest first."""
+    from .models import WebhookAttempt
+
+    deliveries = list(WebhookDelivery.select(WebhookDelivery, Outbox.status, Outbox.kind,
+                                             Outbox.webhook_id)
+                      .join(Outbox).where(Outbox.message == message_id)
+                      .order_by(WebhookDelivery.id))
+    tries: dict[int, list[Any]] = {}
+    if deliveries:
+        for attempt in (WebhookAttempt.select()
+                        .where(WebhookAttempt.delivery.in_([d.id for d in deliveries]))
+                        .order_by(WebhookAttempt.id)):
+            tries.setdefault(attempt.delivery_id, []).append(attempt)
+    return [(d, tries.get(d.id, [])) for d in deliveries]
+
+
+def endpoints_page(since: dt.datetime) -> list[tuple[WebhookEndpoint, dict[str, int]]]:
+    """Every endpoint with its deliveries since `since`, by state."""
+    return [(e, endpoint_counts(e.id, since)) for e in
+            WebhookEndpoint.select(WebhookEndpoint, ApiKey).join(ApiKey)
+            .order_by(WebhookEndpoint.id)]
+
+
+def disabled_endpoints() -> list[WebhookEndpoint]:
+    """Endpoints disabled after failing (the overview's notice)."""
+    return list(WebhookEndpoint.select(WebhookEndpoint, ApiKey).join(ApiKey).where(
+        WebhookEndpoint.disabled_at.is_null(False)).order_by(WebhookEndpoint.id))

@@ -24,7 +24,7 @@ import queue
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 RESPONSE_KEEP = 1024  # bytes of an answer kept with the attempt (and all that is read)
 LOOK_INTERVAL = 0.1  # seconds between two cheap looks for new outbox rows or due retries
+STEP_GAP = 0.02  # seconds at least between two steps (each a transaction)
 LEASE_MARGIN = 30.0  # seconds past a try's timeouts before its delivery is due again
 CONNECT_TIMEOUT = 5.0
 
@@ -125,7 +126,12 @@ def _ms(started: float) -> int:
 
 
 class Sender:
-    """Fans out, claims, delivers and records; `run()` until stopped, `run_once()` for tests."""
+    """Fans out, claims, delivers and records; `run()` until stopped, `run_once()` for tests.
+
+    Claims run ahead of the sends by up to one more request per slot (per origin and in all),
+    kept in memory per origin: a send thread that finishes takes the next claimed delivery
+    of an origin with room at once, so a slot never idles while its answer waits for the next
+    database step. A claim waiting there is covered by its lease like one under way."""
 
     def __init__(self, providers: dict[str, Provider], cfg: dict[str, Any],
                  owner: str | None = None) -> None:
@@ -139,7 +145,8 @@ class Sender:
         self.per_origin = int(cfg["webhook_max_in_flight_per_endpoint"])
         timeout = float(cfg["webhook_timeout_seconds"])
         connect = min(CONNECT_TIMEOUT, timeout)
-        self.lease = dt.timedelta(seconds=connect + 2 * timeout + LEASE_MARGIN)
+        # A claim may wait behind one request of its slot, then be one itself.
+        self.lease = dt.timedelta(seconds=2 * (connect + 2 * timeout) + LEASE_MARGIN)
         self.client = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=connect), follow_redirects=False,
             headers={"User-Agent": USER_AGENT}, trust_env=False,
@@ -147,9 +154,12 @@ class Sender:
                                 max_keepalive_connections=self.max_in_flight))
         self.pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="webhook")
         self.wake = threading.Event()
+        self._lock = threading.Lock()  # guards _busy and _backlog (the send threads use them)
         self._busy: Counter[str] = Counter()  # requests under way, per origin
+        self._backlog: dict[str, deque[outbox.Job]] = defaultdict(deque)  # claimed, waiting
         self._done: queue.SimpleQueue[outbox.Try] = queue.SimpleQueue()
         self._unrecorded: list[outbox.Try] = []
+        self._last_step = 0.0
         self.delivered = 0
 
     def close(self) -> None:
@@ -158,7 +168,8 @@ class Sender:
 
     def run(self, stopping: threading.Event) -> None:
         """Deliver until `stopping` is set; then wait for the tries under way (bounded by
-        their timeouts) and record them."""
+        their timeouts) and record them; claims not started are due again at their lease's
+        end."""
         log.info("webhook sender %s running", self.owner)
         try:
             with contextlib.suppress(*UNAVAILABLE_ERRORS):
@@ -174,7 +185,11 @@ class Sender:
                     stopping.wait(1.0)
                 self.wake.wait(LOOK_INTERVAL)
                 self.wake.clear()
+                # Answers coming back one by one would each cost a transaction: gather them.
+                stopping.wait(max(0.0, self._last_step + STEP_GAP - time.monotonic()))
         finally:
+            with self._lock:
+                self._backlog.clear()
             try:
                 self._in_db(self.drain)
             except UNAVAILABLE_ERRORS as exc:  # their leases run out: tried again, not lost
@@ -185,8 +200,13 @@ class Sender:
 
     def step(self) -> None:
         """Record the tries that came back, fan out, claim and start what capacity allows."""
+        self._last_step = time.monotonic()
         tries = self._collect()
-        free = self.max_in_flight - sum(self._busy.values())
+        with self._lock:
+            held = sum(self._busy.values()) + sum(len(b) for b in self._backlog.values())
+            room = {o: 2 * self.per_origin - self._busy[o] - len(self._backlog[o])
+                    for o in set(self._busy) | set(self._backlog)}
+        free = 2 * self.max_in_flight - held
         if not tries and (free <= 0 or not outbox.waiting()):
             return
         try:
@@ -194,23 +214,26 @@ class Sender:
                 self.delivered += outbox.record(self.owner, tries, backoff_base=self.backoff[0],
                                                 backoff_max=self.backoff[1])
                 outbox.fan_out(self.providers, retry_hours=self.retry_hours)
-                jobs = outbox.claim(self.owner, self._room(), default_room=self.per_origin,
+                jobs = outbox.claim(self.owner, room, default_room=2 * self.per_origin,
                                     limit=free, lease=self.lease) if free > 0 else []
         except BaseException:
             self._unrecorded = tries  # rolled back: record them again at the next step
             raise
-        for job in jobs:
-            self._busy[job.origin] += 1
+        with self._lock:
+            for job in jobs:
+                self._backlog[job.origin].append(job)
+            starts = self._startable()
+        for job in starts:
             self.pool.submit(self._send, job)
         if jobs:
-            self.wake.set()  # more may be due: look again at once
+            self.wake.set()  # more may be due: look again soon
 
     def run_once(self, timeout: float = 30.0) -> None:
         """Until nothing is waiting or under way (tests, the CLI)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.step()
-            if not self._busy and not self._unrecorded and not outbox.waiting():
+            if not self._pending() and not outbox.waiting():
                 return
             self.wake.wait(0.02)
             self.wake.clear()
@@ -220,7 +243,7 @@ class Sender:
         """Wait for the tries under way and record them."""
         deadline = time.monotonic() + self.lease.total_seconds()
         tries = self._collect()
-        while self._busy and time.monotonic() < deadline:
+        while self._pending() and time.monotonic() < deadline:
             self.wake.wait(0.2)
             self.wake.clear()
             tries += self._collect()
@@ -229,30 +252,59 @@ class Sender:
                 self.delivered += outbox.record(self.owner, tries, backoff_base=self.backoff[0],
                                                 backoff_max=self.backoff[1])
 
-    def _room(self) -> dict[str, int]:
-        return {origin: self.per_origin - n for origin, n in self._busy.items()}
+    def _pending(self) -> bool:
+        with self._lock:
+            return bool(self._busy or any(self._backlog.values()) or self._unrecorded
+                        or not self._done.empty())
+
+    def _startable(self) -> list[outbox.Job]:
+        """Claimed deliveries that may start now (under the lock): each origin up to its
+        share, all of them up to max_in_flight; each counted as under way."""
+        starts: list[outbox.Job] = []
+        total = sum(self._busy.values())
+        for origin, backlog in self._backlog.items():
+            while backlog and self._busy[origin] < self.per_origin and total < self.max_in_flight:
+                starts.append(backlog.popleft())
+                self._busy[origin] += 1
+                total += 1
+        return starts
+
+    def _next_for(self, origin: str) -> outbox.Job | None:
+        """A send thread is done with `origin`: the next claimed delivery to send (its origin's
+        first, else any origin with room), counted under way; None frees the thread."""
+        with self._lock:
+            self._busy[origin] -= 1
+            if not self._busy[origin]:
+                del self._busy[origin]
+            if self._backlog.get(origin) and self._busy[origin] < self.per_origin:
+                self._busy[origin] += 1
+                return self._backlog[origin].popleft()
+            for other, backlog in self._backlog.items():
+                if backlog and self._busy[other] < self.per_origin:
+                    self._busy[other] += 1
+                    return backlog.popleft()
+        return None
 
     def _send(self, job: outbox.Job) -> None:
-        """In a pool thread: HTTP only, never the database."""
-        try:
-            done = deliver(self.client, job, allow_private=self.allow_private)
-        except Exception as exc:  # a bug here must not lose the delivery: it is retried
-            log.exception("webhook delivery %s crashed", job.delivery_id)
-            done = outbox.Try(job, utcnow(), error=f"internal error: {exc!r}"[:500])
-        self._done.put(done)
-        self.wake.set()
+        """In a pool thread: HTTP only, never the database; then the next claimed delivery."""
+        current: outbox.Job | None = job
+        while current is not None:
+            try:
+                done = deliver(self.client, current, allow_private=self.allow_private)
+            except Exception as exc:  # a bug here must not lose the delivery: it is retried
+                log.exception("webhook delivery %s crashed", current.delivery_id)
+                done = outbox.Try(current, utcnow(), error=f"internal error: {exc!r}"[:500])
+            self._done.put(done)
+            self.wake.set()
+            current = self._next_for(current.origin)
 
     def _collect(self) -> list[outbox.Try]:
         tries, self._unrecorded = self._unrecorded, []
         while True:
             try:
-                done = self._done.get_nowait()
+                tries.append(self._done.get_nowait())
             except queue.Empty:
                 return tries
-            self._busy[done.job.origin] -= 1
-            if not self._busy[done.job.origin]:
-                del self._busy[done.job.origin]
-            tries.append(done)
 
     def _in_db(self, work) -> None:  # type: ignore[no-untyped-def]
         try:
