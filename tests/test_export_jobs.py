@@ -453,6 +453,7 @@ def cli_env(app, database_url) -> dict[str, str]:
     (["--status", "bogus"], "--status: 'bogus' is not a status"),
     (["--created-from", "yesterday"], "--created-from: 'yesterday' is not a date"),
     (["--created-to", "2026-02-30"], "--created-to: '2026-02-30' is not a date"),
+    (["--provider", "bogus"], "--provider: 'bogus' is not a provider"),
     (["--created-from", "2026-03-02", "--created-to", "2026-03-01"],
      "--created-from is after --created-to"),
     (["--format", "pdf"], "Invalid value for '--format'"),

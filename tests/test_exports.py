@@ -25,7 +25,7 @@ import openpyxl
 import pytest
 
 from tracker import exports, reporting
-from tracker.models import Message
+from tracker.models import Event, Message
 from tracker.phones import mask_phone
 
 HYPERLINK = '=HYPERLINK("http://evil.example/x","click")'
@@ -200,6 +200,28 @@ def test_columns_times_text_and_delivered_latency(app, tmp_path) -> None:
     assert last["delivered_latency_s"] == 2.5 and last["segments"] == 1
     assert (last["reference"], last["provider"], last["status"], last["encoding"],
             last["text"]) == ("R000000000", "skycore", "delivered", "GSM-7", "hello 0")
+
+
+@pytest.mark.parametrize("fmt", exports.FORMATS)
+def test_status_time_falls_back_to_when_the_receipt_arrived(app, tmp_path, fmt) -> None:
+    """A receipt without a provider time (the offline provider's, for one) leaves status_at
+    empty: the export shows when it was received instead, says so, and measures the latency
+    to it, as the message page and the overview do (tracker.statustime)."""
+    seed(3)  # newest first: 2 failed (provider time), 1 failed, 0 delivered
+    (Message.update(status_at=None, status_inferred=False)
+     .where(Message.id.in_([1, 2])).execute())
+    Event.create(message=1, kind="receipt", source="callback", status="delivered",
+                 applied=True, received_at=T0 + dt.timedelta(seconds=4))
+    Event.create(message=1, kind="receipt", source="callback", status="sent", applied=True,
+                 received_at=T0 + dt.timedelta(seconds=9))  # not the current status
+    out = tmp_path / f"t.{fmt}"
+    exports.export(fmt, reporting.MessageFilter(), out)
+    third, second, first = read_any(fmt, out)
+    assert first["status_at_source"] == "received" and float(
+        first["delivered_latency_s"]) == 4.0
+    assert str(first["status_at"]).replace("T", " ").startswith("2026-03-01 12:00:04")
+    assert second["status_at"] in ("", None) and second["status_at_source"] in ("", None)
+    assert third["status_at_source"] == "provider" and third["status_at"] not in ("", None)
 
 
 def test_empty_result_is_a_header_only_file(app, tmp_path) -> None:

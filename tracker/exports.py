@@ -68,8 +68,10 @@ Masking (`masked=True`: a viewer's export when `mask_phone_numbers` is on, and s
   Dates (2026-01-31, 31.01.2026) stay; shorter numbers (codes, amounts under a million) stay.
   The rest of the text is as sent: support needs it to answer "what did they get?".
 
-Columns: COLUMNS, `text` last (the longest value; a reader of the other columns by position
-is not moved by it). All times are UTC.
+Columns: COLUMNS. `status_at` is the status time as every page shows it (tracker.statustime:
+the provider's time, or ours for what the tracker decided, or, when the provider gave none,
+when its receipt arrived), and `status_at_source` says which (provider, tracker, received);
+`delivered_latency_s` is measured to it. `text` comes last: the longest value. All times UTC.
 """
 
 
@@ -91,7 +93,7 @@ from typing import Any, Protocol
 import peewee as pw
 from peewee import fn
 
-from . import reporting, xlsx
+from . import reporting, statustime, xlsx
 from .db import db, is_sqlite
 from .models import Message
 from .phones import mask_phone
@@ -100,10 +102,12 @@ BATCH_SIZE = 5000
 
 COLUMNS = ("id", "reference", "client_ref", "provider", "provider_message_id", "to", "from",
            "status", "status_inferred", "error_code", "error_detail", "encoding", "segments",
-           "created_at", "submitted_at", "status_at", "delivered_latency_s", "attempts", "text")
+           "created_at", "submitted_at", "status_at", "status_at_source", "delivered_latency_s",
+           "attempts", "text")
 
-_TO, _FROM, _INFERRED, _TEXT = 5, 6, 8, 18
-_TIMES = (13, 14, 15)
+_TO, _FROM, _INFERRED, _TEXT = (COLUMNS.index(name)
+                                for name in ("to", "from", "status_inferred", "text"))
+_TIMES = tuple(COLUMNS.index(name) for name in ("created_at", "submitted_at", "status_at"))
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _E164 = re.compile(r"\+[1-9]\d{6,14}")
 
@@ -288,16 +292,20 @@ def _text_fields(style: str) -> list[Any]:
             phone(Message.sender), Message.status, inferred, text(Message.error_code),
             text(Message.error_detail), Message.encoding, Message.segments,
             time_text(Message.created_at), time_text(Message.submitted_at),
-            time_text(Message.status_at), _latency(), Message.attempts, text(Message.text)]
+            time_text(statustime.shown()), statustime.source(), _latency(), Message.attempts,
+            text(Message.text)]
 
 
 def _latency() -> Any:
-    """`delivered_latency_s`: seconds from submission to the status, for delivered messages."""
+    """`delivered_latency_s`: seconds from submission to the status time as shown (the
+    receipt's arrival when the provider gave no time: tracker.statustime), for delivered
+    messages."""
+    status_at = statustime.shown()
     if is_sqlite():  # julianday keeps milliseconds, as the stored times do
-        seconds = (fn.julianday(Message.status_at) - fn.julianday(Message.submitted_at)) * 86400.0
+        seconds = (fn.julianday(status_at) - fn.julianday(Message.submitted_at)) * 86400.0
         latency = fn.round(seconds, 3)
     else:
-        seconds = fn.date_part("epoch", Message.status_at - Message.submitted_at)
+        seconds = fn.date_part("epoch", status_at - Message.submitted_at)
         latency = fn.round(seconds.cast("numeric"), 3).cast("float8")
     return pw.Case(None, [(Message.status == "delivered", latency)], None)
 
@@ -324,8 +332,9 @@ def _xlsx_fields(masked: bool) -> list[Any]:
         _xlsx_text(Message.error_code, outside=True),
         _xlsx_text(Message.error_detail, outside=True), _xlsx_text(Message.encoding),
         _xlsx_number(Message.segments), _xlsx_time(Message.created_at),
-        _xlsx_time(Message.submitted_at), _xlsx_time(Message.status_at),
-        _xlsx_number(_latency(), null=True), _xlsx_number(Message.attempts),
+        _xlsx_time(Message.submitted_at), _xlsx_time(statustime.shown()),
+        _xlsx_text(statustime.source(), nullable=True), _xlsx_number(_latency(), null=True),
+        _xlsx_number(Message.attempts),
         _xlsx_text(Message.text, outside=True),
     ]
     if masked:
@@ -349,7 +358,7 @@ def _xlsx_number(value: Any, null: bool | None = None) -> Cell:
     return f"{start}%s{end}", [value]
 
 
-def _xlsx_time(field: pw.Field) -> Cell:
+def _xlsx_time(field: Any) -> Cell:
     """A date cell: the time as an Excel serial number, computed by the database."""
     if is_sqlite():  # in days; as text, 15 significant digits: to the 10 microseconds
         serial = fn.julianday(field) - xlsx.EXCEL_EPOCH_JULIAN_DAY
@@ -360,13 +369,14 @@ def _xlsx_time(field: pw.Field) -> Cell:
     return "%s", [_or_empty(pw.Value(start).concat(serial).concat(end))]
 
 
-def _xlsx_text(field: pw.Field, outside: bool = False) -> Cell:
-    """A string cell. Ours (reference, provider, status, encoding: a generated id, a slug,
-    enum values) go in as they are; text from outside only when `xlsx.is_clean`, the rare
-    other value goes to Python, hex-encoded, for `xlsx.text_cell` to escape."""
+def _xlsx_text(field: Any, outside: bool = False, nullable: bool | None = None) -> Cell:
+    """A string cell. Ours (reference, provider, status, encoding, the status time's source: a
+    generated id, a slug, enum values) go in as they are; text from outside only when
+    `xlsx.is_clean`, the rare other value goes to Python, hex-encoded, for `xlsx.text_cell` to
+    escape. `nullable`: for an expression (a field says itself)."""
     start, end = xlsx.TEXT
     if not outside:
-        if field.null:
+        if field.null if nullable is None else nullable:
             return "%s", [_or_empty(pw.Value(start).concat(field).concat(end))]
         return f"{start}%s{end}", [field]
     if is_sqlite():
