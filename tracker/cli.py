@@ -391,53 +391,6 @@ class _ExportProgress:
             click.echo("\r\x1b[K", nl=False, err=True)
 
 
-def _export_formats() -> list[str]:
-    from .exports import FORMATS
-
-    return list(FORMATS)
-
-
-def _export_formats_help() -> str:
-    from .exports import FORMATS
-
-    return "; ".join(f"{f.name}: {f.help}" for f in FORMATS.values()) + "."
-
-
-class _ExportProgress:
-    """Rows written and the rate (and, with the total, percent and time left) on the
-    terminal's last line, redrawn at most every REDRAW seconds; silent when stderr is not a
-    terminal, so a cron job's mail or a pipe gets the summary line alone."""
-
-    REDRAW = 0.2
-
-    def __init__(self, total: int | None, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
-        self.started = self.drawn = time.monotonic()
-        self.rows = 0
-
-    def __call__(self, rows: int) -> None:
-        self.rows = rows
-        now = time.monotonic()
-        if self.enabled and now - self.drawn >= self.REDRAW:
-            self.drawn = now
-            click.echo(f"\r\x1b[K{self.line(now)}", nl=False, err=True)
-
-    def line(self, now: float) -> str:
-        """"12,345 of 100,000 rows (12 %), 45,000 rows/s, about 2 s left"."""
-        elapsed = now - self.started
-        rate = self.rows / elapsed if elapsed > 0 else 0.0
-        if not self.total:
-            return f"{self.rows:,} rows written, {rate:,.0f} rows/s"
-        left = f", about {(self.total - self.rows) / rate:.0f} s left" if rate else ""
-        return (f"{self.rows:,} of {self.total:,} rows ({min(100, 100 * self.rows // self.total)}"
-                f" %), {rate:,.0f} rows/s{left}")
-
-    def close(self) -> None:
-        """Clear the progress line (the summary follows)."""
-        if self.enabled and self.rows:
-            click.echo("\r\x1b[K", nl=False, err=True)
-
-
 @main.command("export")
 @click.option("--format", "fmt", type=click.Choice(_export_formats()), default="csv",
               show_default=True, help=_export_formats_help())
