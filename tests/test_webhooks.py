@@ -366,3 +366,26 @@ def test_the_api_takes_status_callback(app: Flask, client: Any, api_key: str,
     got = rx.wait_for(1)[0]
     Webhook(ApiKey.get().webhook_secret).verify(got.body, got.headers)
     assert json.loads(got.body)["data"]["id"] == message.id
+
+
+def test_an_endpoint_removed_mid_delivery_stops_nothing_else(app: Flask, key: ApiKey,
+                                                             rx: Receiver) -> None:
+    """Its tries under way come back to a deleted row: recorded nowhere, the others still."""
+    endpoint = webhooks.add_endpoint(key, rx.url("/gone"))
+    change(queue(key_id=key.id, callback=rx.url("/stays")), Status.DELIVERED)
+    sender = Sender(app.extensions["providers"], app.config["TRACKER"])
+    try:
+        rx.hold.clear()
+        sender.step()  # both claimed and under way
+        deadline = time.monotonic() + 10
+        while rx.in_flight < 2:
+            assert time.monotonic() < deadline, "the tries did not start"
+            time.sleep(0.02)
+        assert webhooks.remove_endpoint(endpoint.id)
+        rx.hold.set()
+        sender.run_once()
+    finally:
+        sender.close()
+    assert [(d.url, d.state) for d in WebhookDelivery.select()] == [(rx.url("/stays"),
+                                                                     "delivered")]
+    assert WebhookAttempt.select().count() == 1

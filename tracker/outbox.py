@@ -198,10 +198,12 @@ def record(owner: str, tries: Iterable[Try], *, backoff_base: float, backoff_max
     returns how many were delivered."""
     delivered = 0
     for done in tries:
+        # A delivery deleted meanwhile (its endpoint removed, its message past retention)
+        # takes no attempt: one refused row would fail the whole batch, again and again.
         execute("INSERT INTO webhook_attempt (delivery_id, at, status_code, latency_ms,"
-                " response, error) VALUES (?, ?, ?, ?, ?, ?)",
-                (done.job.delivery_id, done.at, done.status_code, done.latency_ms,
-                 done.response, done.error))
+                " response, error) SELECT id, ?, ?, ?, ?, ? FROM webhook_delivery WHERE id = ?",
+                (done.at, done.status_code, done.latency_ms, done.response, done.error,
+                 done.job.delivery_id))
         if done.ok:
             delivered += _delivered(owner, done)
         else:
