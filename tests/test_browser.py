@@ -162,7 +162,7 @@ def test_viewer_downloads_a_csv_export_of_the_filtered_list(app, live_url, brows
     Select(browser.find_element(By.NAME, "status")).select_by_value("delivered")
     browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
     WebDriverWait(browser, 10).until(expected_conditions.url_contains("status=delivered"))
-    shown = {row.find_element(By.CSS_SELECTOR, "td:nth-child(5)").text
+    shown = {row.find_element(By.CSS_SELECTOR, "td:nth-child(6)").text
              for row in browser.find_elements(By.CSS_SELECTOR, "table.list tbody tr.m")}
     assert shown == delivered
 

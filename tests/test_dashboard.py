@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import re
 import urllib.parse
+from html import unescape
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +18,7 @@ from tracker.providers.base import SendResult
 from tracker.status import RANK, Status, order_key
 
 PASSWORD = "correct horse battery"
+DASH = "\N{EN DASH}"  # between the first and last place of a page: "1-50 of 401"
 
 
 @pytest.fixture
@@ -266,7 +268,7 @@ def test_messages_page_filters_counts_and_pages(client, staff) -> None:
         add(n, status="failed" if n % 5 == 0 else "delivered", error="E1" if n % 5 == 0 else None)
     login(client, staff)
     html = client.get("/messages").get_data(as_text=True)
-    assert "55 messages in all" in html
+    assert f"1{DASH}50 of 55 messages</p>" in html
     assert html.count('<tr class="m">') == 50
     assert "UTC days, both included" in html
     older = re.search(r'<a rel="next" href="([^"]+)"', html).group(1).replace("&amp;", "&")
@@ -279,10 +281,10 @@ def test_messages_page_filters_counts_and_pages(client, staff) -> None:
     failed = client.get("/messages", query_string={
         "status": "failed", "error_code": "E1", "created_from": "2026-03-10",
         "created_to": "2026-03-10"}).get_data(as_text=True)
-    assert "11 messages match" in failed and failed.count('<tr class="m">') == 11
+    assert f"1{DASH}11 of 11 messages matching" in failed and failed.count('<tr class="m">') == 11
     assert 'value="2026-03-10"' in failed and 'value="E1"' in failed
     none = client.get("/messages", query_string={"provider": "mobizon"}).get_data(as_text=True)
-    assert "0 messages match" in none and "No messages match." in none
+    assert "0 messages matching" in none and "No messages match." in none
 
 
 @pytest.mark.parametrize("path", [
@@ -331,9 +333,9 @@ def test_an_invalid_filter_is_shown_and_answered_400(client, staff, query, said)
     login(client, staff)
     page = client.get(f"/messages?{query}")
     assert page.status_code == 400
-    assert said in page.get_data(as_text=True).replace("&#39;", "'")
+    assert said in unescape(page.get_data(as_text=True))
     export = client.get(f"/messages/export?format=csv&{query}")
-    assert export.status_code == 400 and said in export.get_data(as_text=True)
+    assert export.status_code == 400 and said in unescape(export.get_data(as_text=True))
     assert client.get("/messages?created_from=2026-03-01&status=delivered").status_code == 200
 
 
@@ -346,3 +348,126 @@ def test_the_export_command_refuses_an_invalid_filter(tmp_path) -> None:
                                            "--output", str(tmp_path / "x.csv")])
     assert result.exit_code == 2 and "--created-from: 'garbage' is not a date" in result.output
     assert not (tmp_path / "x.csv").exists()
+
+
+# -- counts per status, the page's place, what a row shows (issue 12, items 1 and 2) --------
+
+
+def test_status_counts_are_exact_up_to_the_cap(app) -> None:
+    for n in range(1, 8):
+        add(n, status="failed" if n <= 3 else "delivered", to="+77011234567")
+    plain = reporting.base_where(reporting.MessageFilter())
+    counts = reporting.status_counts(plain, cap=5)
+    assert list(counts) == [s.value for s in Status]  # every status, in the enum's order
+    assert counts["failed"] == reporting.MatchCount(3, False, 5)
+    assert counts["delivered"] == reporting.MatchCount(4, False, 5)
+    assert counts["queued"] == reporting.MatchCount(0, False, 5)
+    assert reporting.matching(counts) == reporting.MatchCount(7, False, 5)  # exact past cap
+    assert reporting.matching(counts, "failed").n == 3
+    capped = reporting.status_counts(plain, cap=3)
+    assert capped["delivered"] == reporting.MatchCount(3, True, 3)
+    assert capped["delivered"].figure == "3+" and capped["failed"].figure == "3"
+    assert reporting.matching(capped) == reporting.MatchCount(3, True, 3)
+    # A search groups its newest cap + 1 matches once: exact when that is all of them...
+    searched = reporting.base_where(reporting.MessageFilter(q="+77011234567"))
+    assert reporting.status_counts(searched, cap=7)["delivered"] == reporting.MatchCount(
+        4, False, 7)
+    # ... else each count is a floor among the newest, and the status the list shows is
+    # counted apart (the newest 3 are delivered: failed is not among them).
+    floors = reporting.status_counts(searched, cap=2, status="failed")
+    assert floors["delivered"] == reporting.MatchCount(3, True, 2)  # at least 3 ("3+")
+    assert floors["failed"] == reporting.MatchCount(2, True, 2)
+    assert reporting.matching(floors).figure == "2+"
+
+
+def test_status_links_count_each_status_and_keep_the_other_filters(client, staff) -> None:
+    for n in range(1, 8):
+        add(n, status="failed" if n <= 3 else "delivered", error="E1" if n <= 3 else None)
+    add(8, status="delivered", provider="mobizon")
+    login(client, staff)
+    html = unescape(client.get("/messages", query_string={"provider": "skycore"})
+                    .get_data(as_text=True))
+    tabs = dict(re.findall(r'<a href="([^"]+)"[^>]*>(\w+ <b>[^<]+)</b></a>', html)[-3:])
+    assert set(tabs.values()) == {"all <b>7", "delivered <b>4", "failed <b>3"}, tabs
+    failed = next(href for href, label in tabs.items() if label.startswith("failed"))
+    assert "provider=skycore" in failed and "status=failed" in failed
+    page = client.get(failed).get_data(as_text=True)
+    assert page.count('<tr class="m">') == 3 and f"1{DASH}3 of 3 messages matching" in page
+    assert re.search(r'aria-current="page">failed <b>3</b>', page)
+    assert re.search(r'delivered <b>4</b>', page)  # the other statuses stay, to switch to
+    # A status with no match shows only when it is the one filtered on.
+    assert "queued <b>" not in html
+    assert "queued <b>0</b>" in client.get("/messages?status=queued").get_data(as_text=True)
+
+
+def test_pages_say_which_rows_they_show_of_how_many(client, staff) -> None:
+    for n in range(1, 56):
+        add(n)
+    login(client, staff)
+
+    def place(path: str) -> str:
+        page = client.get(path).get_data(as_text=True)
+        return re.search(r'<p class="count">([^<]+)</p>', page).group(1)
+
+    first = client.get("/messages").get_data(as_text=True)
+    assert place("/messages") == f"1{DASH}50 of 55 messages"
+    older = unescape(re.search(r'<a rel="next" href="([^"]+)"', first).group(1))
+    assert "start=51" in older and place(older) == f"51{DASH}55 of 55 messages"
+    second = client.get(older).get_data(as_text=True)
+    newer = unescape(re.search(r'<a rel="prev" href="([^"]+)"', second).group(1))
+    assert place(newer) == f"1{DASH}50 of 55 messages"
+    # A page reached without its place (a bookmark, a shared link) counts it.
+    sixth = Message.get(Message.reference == "ref0050").id  # the 6th newest
+    assert place(f"/messages?before={sixth}") == f"7{DASH}55 of 55 messages"
+
+
+def test_past_the_cap_the_place_and_the_total_say_so(app, client, staff) -> None:
+    Message.insert_many([
+        {"reference": f"bulk{n:05d}", "provider": "fake", "recipient": "+15551230000",
+         "text": "hi", "status": "delivered", "status_rank": 3, "status_order": "",
+         "created_at": T0 + dt.timedelta(seconds=n), "updated_at": T0}
+        for n in range(reporting.COUNT_CAP + 60)]).execute()
+    login(client, staff)
+    page = client.get("/messages").get_data(as_text=True)
+    assert f"1{DASH}50 of 1,000+ messages (counting stops at 1,000)" in page
+    assert "delivered <b>1,000+</b>" in page
+    ids = [m.id for m in Message.select(Message.id).order_by(Message.created_at.desc())]
+    deep = client.get(f"/messages?before={ids[999]}").get_data(as_text=True)
+    assert f"1,001{DASH}1,050 of 1,000+ messages" in deep  # the 1,000 newer ones, counted
+    deeper = client.get(f"/messages?before={ids[1005]}").get_data(as_text=True)
+    assert "50 older than the newest 1,000 of 1,000+ messages" in deeper
+
+
+def test_a_row_shows_the_first_words_and_when_its_status_changed(app, client, staff) -> None:
+    m = add(1, status="delivered")
+    Message.update(text="Your code is 4821. Call +7 701 555 01 19 if it was not you, we are"
+                        " here around the clock", status_at=m.created_at + dt.timedelta(seconds=42)
+                   ).where(Message.id == m.id).execute()
+    login(client, staff)
+    html = unescape(client.get("/messages").get_data(as_text=True))
+    assert "Your code is 4821. Call +7 701 555 01 19 if it…" in html
+    assert re.search(r'title="the provider.s time">→ 12:01:42</small>', html), html
+
+
+def test_a_viewer_sees_numbers_in_the_text_masked(database_url) -> None:
+    from conftest import make_config, running
+
+    with running(make_config(database_url, mask_phone_numbers=True)) as flask_app:
+        accounts.create_user("ana", PASSWORD, "viewer")
+        add(1, to="+77015550119")
+        Message.update(text="Call +7 701 555 01 19 now").execute()
+        client = flask_app.test_client()
+        login(client, "ana")
+        html = client.get("/messages").get_data(as_text=True)
+        assert "+7701•••••19" in html and "555 01" not in html
+        # The viewer still finds it by the last digits of the number.
+        found = client.get("/messages", query_string={"q": "0119"}).get_data(as_text=True)
+        assert found.count('<tr class="m">') == 1
+
+
+def test_an_unknown_provider_is_a_filter_problem(client, staff) -> None:
+    login(client, staff)
+    page = client.get("/messages?provider=nobody")
+    assert page.status_code == 400
+    assert "provider: 'nobody' is not a provider" in unescape(page.get_data(as_text=True))
+    assert client.get("/messages?provider=mobizon").status_code == 200  # known, not configured

@@ -79,7 +79,7 @@ def test_rows_inserted_by_any_path_are_found(app) -> None:
     models (a bulk load, a hand-written INSERT) are found too; nothing fills a column."""
     p = db.obj.param
     db.obj.execute_sql(
-        "INSERT INTO message (reference, provider, recipient, text, status, status_rank,"
+        "INSERT INTO message (reference, provider, recipient, text, status, status_rank,"  # noqa: S608
         " status_order, status_inferred, attempts, created_at, updated_at) VALUES"
         f" ({p}, 'fake', {p}, 'hi', 'queued', 0, '', {p}, 0, {p}, {p})",
         ["bulk", "+380671234567", False, T0, T0])

@@ -12,11 +12,16 @@ already stored are indexed by the CREATE INDEX itself (no backfill, nothing to f
 table is not rewritten. The expression is written exactly as reporting._suffix_term writes it;
 recipients are E.164 ("+" and digits), so the last characters are the last digits.
 
-On Postgres the index carries recipient, status, provider and error_code (INCLUDE), as 0006's
-search indexes do: a longer end, or a search combined with filters, is checked in the index and
-the capped count reads the index alone. A status change already writes an entry into every
-index of the table there (0006), so this one adds an entry per receipt, not a rewrite. SQLite
-keeps it narrow: it only updates an index whose columns change, and the recipient never does.
+Both carry the whole recipient, so a longer end is checked in the index: "…990001" under a
+QA number's 0001 (3,000 messages) reads 3,000 index entries, not 3,000 table rows (SQLite:
+10 ms -> under 1). On Postgres the index also carries status, provider and error_code
+(INCLUDE), as 0006's search indexes do, so a search combined with filters, and its counts,
+read the index alone; a status change already writes an entry into every index of the table
+there (0006), so this one adds an entry per receipt, not a rewrite. SQLite keeps status out:
+it updates only the indexes whose columns change, and the recipient never does, so this index
+costs the callback path nothing there. On SQLite, "id" (the rowid, which every index ends
+with anyway) comes before the recipient so that the entries stay in the list's order, (created_at,
+id), and a page needs no sort.
 
 Building it takes a few seconds per million messages, with writes to the table blocked
 meanwhile (as for 0006).
@@ -31,7 +36,7 @@ NAME = "number_suffix"
 
 DDL = {
     "sqlite": ['CREATE INDEX "message_recipient_tail" ON "message"'
-               ' (substr("recipient", -4), "created_at")'],
+               ' (substr("recipient", -4), "created_at", "id", "recipient")'],
     "postgres": ['CREATE INDEX "message_recipient_tail" ON "message"'
                  ' (right("recipient", 4), "created_at")'
                  ' INCLUDE ("recipient", "status", "provider", "error_code")'],

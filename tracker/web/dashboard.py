@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import (
     Blueprint,
@@ -17,7 +18,8 @@ from flask import (
 )
 from flask_login import current_user, login_required
 
-from .. import reporting, sending
+from .. import reporting, sending, statustime
+from ..exports import mask_text
 from ..models import Message
 from ..phones import mask_phone
 from ..status import Status
@@ -33,10 +35,13 @@ def phone(number: str | None) -> str:
     stay, so a caller can confirm it)."""
     if not number:
         return "—"
-    if not current_app.config["TRACKER"]["mask_phone_numbers"] or getattr(
-            current_user, "is_admin", False):
-        return number
-    return mask_phone(number)
+    return mask_phone(number) if _masked() else number
+
+
+def _masked() -> bool:
+    """True when this user sees phone numbers masked (a viewer, mask_phone_numbers on)."""
+    return bool(current_app.config["TRACKER"]["mask_phone_numbers"]) and not getattr(
+        current_user, "is_admin", False)
 
 
 @bp.app_template_filter("utc")
@@ -57,6 +62,37 @@ def hide_phone(text: str, number: str | None) -> str:
     return text.replace(digits, mask_phone(digits))
 
 
+def first_words(text: str | None, width: int = 48) -> str:
+    """The start of a text for a list row: whole words up to `width` characters, "…" when it
+    goes on."""
+    text = " ".join((text or "").split())
+    if len(text) <= width:
+        return text
+    cut = text[:width + 1].rsplit(" ", 1)[0] if " " in text[:width + 1] else text[:width]
+    return cut.rstrip(" ,.;:-") + "…"
+
+
+_CLOCKS = {statustime.PROVIDER: "the provider's time",
+           statustime.TRACKER: "set by the tracker",
+           statustime.RECEIVED: "the provider gave no time: when its receipt was received here"}
+
+
+def shown_rows(rows: list[reporting.ListRow], masked: bool) -> list[tuple[Any, ...]]:
+    """Each list row with what its cells show: the number and the text's first words (masked
+    for a viewer under mask_phone_numbers, as exports mask them), and the time its status
+    changed (the time of day alone on the day it was created) with whose clock that is.
+    Formatted here in one pass: per-row template filters cost a fifth of the page's 5 ms."""
+    shown = []
+    for m in rows:
+        text = first_words(mask_text(m.text) if masked else m.text)
+        when = m.status_time
+        changed = when.at.strftime("%H:%M:%S" if when.at.date() == m.created_at.date()
+                                   else "%Y-%m-%d %H:%M:%S") if when.at else ""
+        shown.append((m, mask_phone(m.recipient) if masked else m.recipient, text, changed,
+                      _CLOCKS.get(when.source or "", "")))
+    return shown
+
+
 @bp.get("/")
 def index() -> Any:
     """The dashboard starts at the messages list."""
@@ -66,30 +102,65 @@ def index() -> Any:
 @bp.get("/messages")
 @login_required
 def messages() -> Any:
-    """Newest messages first: searched by number, reference, provider id or client_ref, filtered
-    by status, provider, error code and created date (UTC days), paged by keyset, with a count
-    of the matches (exact up to reporting.COUNT_CAP)."""
+    """Newest messages first: searched by number (whole, national or its last digits),
+    reference, provider id or client_ref, filtered by status, provider, error code and created
+    date (UTC days), paged by keyset, with the matches counted per status (each exact up to
+    reporting.COUNT_CAP) and the page's place among them."""
     problems = reporting.filter_problems(request.args)
     flt = reporting.MessageFilter.from_args(request.args)
     region = current_app.config["TRACKER"]["default_region"]
-    # The filter's terms once for the list and the count: a search probes the database.
-    where = reporting.filter_where(flt, region)
-    page = reporting.list_messages(flt, region, where=where, count_cap=reporting.COUNT_CAP)
-    providers = sorted(current_app.extensions["providers"])
-    if flt.provider and flt.provider not in providers:
-        providers.append(flt.provider)  # a provider no longer configured still has history
+    base = reporting.base_where(flt, region)  # once for the list and the counts: a search probes
+    where = base.status(flt.status)
+    page = reporting.list_messages(flt, region, where=where)
+    counts = reporting.status_counts(base, status=flt.status)
     return render_template(
-        "dashboard/messages.html", page=page, rows=page.rows, flt=flt,
-        count=page.count or reporting.count_messages(flt, region, where=where),
-        statuses=[s.value for s in Status],
-        providers=providers, filter_args=_filter_args(flt),
+        "dashboard/messages.html", page=page, rows=page.rows, flt=flt, counts=counts,
+        shown=shown_rows(page.rows, _masked()),
+        count=reporting.matching(counts, flt.status), tabs=_status_tabs(flt, counts),
+        sampled=any(c.capped and c.n < c.cap for c in counts.values()),
+        start=_start(flt, page, where), statuses=[s.value for s in Status],
+        providers=_providers(flt), filter_args=_filter_args(flt), page_size=reporting.PAGE_SIZE,
         # One url_for per row cost ~0.5 ms of the 5 ms budget; the rows append their id.
         message_url=url_for("dashboard.message", message_id=0)[:-1], problems=problems,
     ), 400 if problems else 200
 
 
+def _status_tabs(flt: reporting.MessageFilter, counts: dict[str, reporting.MatchCount]
+                 ) -> list[tuple[str, reporting.MatchCount, str, bool]]:
+    """The row of status links: "all" and each status with matches (and the one filtered on),
+    with its count, the link that sets it (keeping the other filters) and whether it is the
+    one shown. Links built from one url_for: a dozen url_for calls cost 0.3 ms of 5."""
+    path = url_for("dashboard.messages")
+    others = {name: value for name, value in _filter_args(flt).items() if name != "status"}
+    tabs = [("all", reporting.matching(counts),
+             f"{path}?{urlencode(others)}" if others else path, not flt.status)]
+    for status, count in counts.items():
+        if count.n or status == flt.status:
+            tabs.append((status, count, f"{path}?{urlencode({**others, 'status': status})}",
+                         status == flt.status))
+    return tabs
+
+
+def _start(flt: reporting.MessageFilter, page: reporting.Page,
+           where: reporting.Where) -> int | None:
+    """The page's first row's place among the matches (1 = newest): carried by the paging links
+    (`start`), counted when a page was reached without it; None when not known."""
+    if not (flt.before or flt.after) or (flt.after and page.newer is None):
+        return 1  # the newest page
+    carried = reporting.as_id(request.args.get("start"))
+    return carried or reporting.position(where, page)
+
+
+def _providers(flt: reporting.MessageFilter) -> list[str]:
+    """The provider choices: the configured ones, and the one filtered on if it is not."""
+    providers = sorted(current_app.extensions["providers"])
+    if flt.provider and flt.provider not in providers:
+        providers.append(flt.provider)  # a provider no longer configured still has history
+    return providers
+
+
 def _filter_args(flt: reporting.MessageFilter) -> dict[str, str]:
-    """The filter as query arguments, for the paging links (empty ones left out)."""
+    """The filter as query arguments, for the paging and status links (empty ones left out)."""
     args = {"q": flt.q, "status": flt.status, "provider": flt.provider,
             "error_code": flt.error_code,
             "created_from": flt.created_from.isoformat() if flt.created_from else "",
