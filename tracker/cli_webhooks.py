@@ -68,6 +68,7 @@ def list_endpoints() -> None:
     """Every endpoint: its key, events, state, deliveries of the last 7 days, last error."""
     with _database():
         since = utcnow() - dt.timedelta(days=7)
+        click.echo("id\tkey\turl\tevents\tstate\tdeliveries\tlast error")
         for endpoint in WebhookEndpoint.select().order_by(WebhookEndpoint.id):
             counts = outbox.endpoint_counts(endpoint.id, since)
             state = f"disabled ({endpoint.disabled_reason})" if endpoint.disabled_at else "enabled"
