@@ -73,4 +73,5 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(overview.bp)
     app.register_blueprint(reports.bp)
     webhooks.init_app(app)
+    security.wrap(app)  # last: the proxy headers and the Host check come before any other layer
     return app

@@ -20,8 +20,13 @@ _QUERY_SECRET = re.compile(r"((?:[?&]|\b)(?:api_?key|key|pass(?:word)?|token|aut
                            re.IGNORECASE)
 
 
+# A password in a URL (a callback URL with its provider's Basic credentials).
+_USERINFO = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")
+
+
 def mask(text: str) -> str:
-    """`text` with callback tokens and credential parameters replaced by ***."""
+    """`text` with callback tokens, URL passwords and credential parameters replaced by ***."""
+    text = _USERINFO.sub(r"\1***@", text)
     return _QUERY_SECRET.sub(r"\1***", _TOKEN_PATH.sub(r"\1***", text))
 
 

@@ -62,6 +62,11 @@ DEFAULTS: dict[str, Any] = {
     "webhook_max_in_flight": 64,  # requests under way per worker
     "webhook_max_in_flight_per_endpoint": 24,  # to one origin: a slow one never holds others
     "webhooks_allow_private": False,  # true: private, loopback, link-local targets allowed
+    # Reverse proxies in front of the web app whose X-Forwarded-For/-Proto/-Host are believed
+    # (0: none, the address that connects is the client's; nginx alone in front: 1).
+    "trusted_proxies": 0,
+    # Host names the web app answers to (any other Host header: 400); empty: any.
+    "allowed_hosts": [],
     "providers": {"fake": {}},
 }
 
@@ -99,6 +104,8 @@ TYPES: dict[str, type | tuple[type, ...]] = {
     "webhook_max_in_flight": int,
     "webhook_max_in_flight_per_endpoint": int,
     "webhooks_allow_private": bool,
+    "trusted_proxies": int,
+    "allowed_hosts": list,
     "providers": dict,
 }
 
@@ -153,6 +160,8 @@ def _coerce(path: list[str], raw: str) -> Any:
             return False
         raise ConfigError(f"{ENV_PREFIX}{'__'.join(path).upper()}: expected true or false, "
                           f"got {raw!r}")
+    if expected is list:  # TRACKER_ALLOWED_HOSTS=a.example.com,b.example.com
+        return [item.strip() for item in raw.split(",") if item.strip()]
     try:
         if expected is int:
             return int(raw)
@@ -219,10 +228,28 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("export_inline_rows: must be 0 or more")
     if cfg["rollup_interval_seconds"] <= 0:
         raise ConfigError("rollup_interval_seconds: must be more than 0")
+    if not 0 <= cfg["trusted_proxies"] <= 10:
+        raise ConfigError("trusted_proxies: must be 0 to 10 (the proxies in front, e.g. 1 for "
+                          "nginx alone)")
+    cfg["allowed_hosts"] = _allowed_hosts(cfg["allowed_hosts"])
     from . import reports, routing  # they validate their own tables
 
     cfg["routes"] = routing.validate(cfg["routes"], cfg["providers"])
     cfg["reports"] = reports.validate(cfg["reports"])
+
+
+def _allowed_hosts(hosts: list[Any]) -> list[str]:
+    """Host names as compared with the Host header: lowercase, no port; ".example.com" stands
+    for example.com and every name under it."""
+    out: list[str] = []
+    for host in hosts:
+        name = host.strip().lower() if isinstance(host, str) else ""
+        ipv6 = name.startswith("[") and name.endswith("]")  # "[::1]", as in a Host header
+        if not name or any(c in name for c in "/@ *") or (":" in name and not ipv6):
+            raise ConfigError(f"allowed_hosts: {host!r} is not a host name (no scheme, port or "
+                              "path; \".example.com\" for a domain and its subdomains)")
+        out.append(name if ipv6 else name.rstrip("."))
+    return out
 
 
 def _default_provider(name: str | None, providers: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 import httpx
 
 from .. import __version__
+from ..callback_access import CallbackAccess
 from ..errors import ConfigError
 from ..status import Status
 
@@ -207,6 +208,11 @@ COMMON_SETTINGS: dict[str, Setting] = {
     # Hand scheduled messages to the provider at once (for providers with DEFER_WINDOW) instead
     # of holding them here until due; they can then no longer be canceled here.
     "provider_scheduling": Setting(bool, default=False),
+    # Callback access rules (tracker.callback_access): the provider's networks (CIDR list; from
+    # the environment comma-separated), and Basic credentials put in its callback URL.
+    "callback_allow_from": Setting(list),
+    "callback_username": Setting(str),
+    "callback_password": Setting(str, secret=True),
 }
 
 
@@ -243,6 +249,7 @@ class Provider:
 
     def __init__(self, config: dict[str, Any], public_base_url: str) -> None:
         self.config = self.validate(config)
+        self.access = CallbackAccess.from_config(self.slug, self.config)
         if self.config["max_in_flight"] < 1:
             raise ConfigError(f"providers.{self.slug}.max_in_flight: must be at least 1")
         if self.config["timeout_seconds"] <= 0:
@@ -269,6 +276,8 @@ class Provider:
             elif (spec.kind is int and isinstance(value, str) and value.isascii()
                   and value.isdigit()):
                 value = int(value)
+            elif spec.kind is list and isinstance(value, str):  # from the environment
+                value = [item.strip() for item in value.split(",") if item.strip()]
             elif spec.kind is float and type(value) in (int, str):
                 try:
                     value = float(value)
@@ -330,7 +339,10 @@ class Provider:
         `reference` is the message's; a provider whose callbacks carry no id of ours (AlphaSMS's
         per-message `hook`) overrides this to put it in the URL."""
         token = self.config.get("callback_token")
-        return f"{self.public_base_url}/callbacks/{self.slug}/{token}" if token else None
+        if not token:
+            return None
+        scheme, _, rest = self.public_base_url.partition("://")
+        return f"{scheme}://{self.access.url_userinfo()}{rest}/callbacks/{self.slug}/{token}"
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One HTTP request to the provider, with transport failures classified for sending.

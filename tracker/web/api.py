@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from functools import wraps
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from .. import accounts, reporting, sending
+from .. import accounts, reporting, sending, throttle
 from ..db import UNAVAILABLE_ERRORS
 from .security import csrf
 
@@ -30,19 +31,43 @@ def _json_body() -> Any:
         return None
 
 
+# Requests without a valid key allowed per client address in a sliding window; past it they
+# answer 429 until the oldest ages out. A valid key always passes (256 bits: guessing is
+# hopeless anyway; the limit spares the database and tells a misconfigured client to stop),
+# so a client sharing an address with a guesser keeps working.
+KEY_FAILURES_ALLOWED = 30
+KEY_FAILURE_WINDOW = dt.timedelta(minutes=15)
+
+
 def require_key(view):  # type: ignore[no-untyped-def]
-    """Reject requests without a valid `Authorization: Bearer <key>`."""
+    """Reject requests without a valid `Authorization: Bearer <key>`; throttle them per
+    address (trusted_proxies decides whose address that is)."""
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         scheme, _, key = (request.headers.get("Authorization") or "").partition(" ")
         # Kept for the view: a message remembers the key that sent it (its webhooks).
         g.api_key = accounts.verify_api_key(key.strip()) if scheme.lower() == "bearer" else None
         if g.api_key is None:
-            response, status = error(401, "unauthorized", "a valid API key is required")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="dlr-tracker"'
-            return response, status
+            return _refuse_key()
         return view(*args, **kwargs)
     return wrapper
+
+
+def _refuse_key() -> tuple[Response, int]:
+    """401, counted against the address; 429 + Retry-After once it has too many (no longer
+    counted then: a blocked guesser costs one read per request, no write)."""
+    throttle_key = f"apikey:{request.remote_addr or 'unknown'}"
+    wait = throttle.failure_wait(throttle_key, KEY_FAILURES_ALLOWED, KEY_FAILURE_WINDOW)
+    if wait:
+        response, status = error(429, "too_many_requests", "too many requests without a valid "
+                                 f"API key from this address; retry in {wait} s",
+                                 retry_after=wait)
+        response.headers["Retry-After"] = str(wait)
+        return response, status
+    throttle.record_failure(throttle_key, KEY_FAILURE_WINDOW)
+    response, status = error(401, "unauthorized", "a valid API key is required")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="dlr-tracker"'
+    return response, status
 
 
 @bp.post("/messages")

@@ -20,7 +20,7 @@ from flask import Flask
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
-from .. import intake
+from .. import callback_access, intake
 from ..db import UNAVAILABLE_ERRORS, db, is_sqlite
 from ..models import utcnow
 from ..providers.base import CallbackRequest, Provider
@@ -56,6 +56,9 @@ class CallbackEndpoint:
         handler = self.providers.get(parts[0]) if len(parts) == 2 else None
         if handler is None or not handler.token_matches(parts[1]):
             return _plain("not found", 404)  # same answer for unknown provider and wrong token
+        refused = handler.access.refusal(request.remote_addr, request.headers.get("Authorization"))
+        if refused is not None:
+            return _refuse(handler.slug, refused, request.remote_addr)
         if request.method not in handler.CALLBACK_METHODS:
             return _plain("method not allowed", 405, Allow=", ".join(handler.CALLBACK_METHODS))
         body = _read_body(request, self.limit)
@@ -89,6 +92,18 @@ class CallbackEndpoint:
         finally:
             if not is_sqlite() and not db.is_closed():
                 db.close()  # Postgres: back to the pool. SQLite keeps its per-thread connection.
+
+
+def _refuse(slug: str, reason: str, remote_addr: str | None) -> Response:
+    """A callback the provider's access rules refuse: logged, never stored (counted as
+    "forbidden" with the other answers, in CallbackEndpoint.__call__). No
+    credentials at all gets Basic's challenge (clients that wait for one before sending the
+    URL's user:password); the wrong address or wrong credentials get 403."""
+    log.warning("callback for %s from %s refused: %s", slug, remote_addr, reason)
+    if reason == callback_access.NO_CREDENTIALS:
+        return _plain("credentials required", 401,
+                      **{"WWW-Authenticate": f'Basic realm="dlr-tracker {slug} callbacks"'})
+    return _plain("forbidden", 403)
 
 
 def _plain(text: str, status: int, **headers: str) -> Response:
