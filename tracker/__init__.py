@@ -41,6 +41,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         dashboard,
         errors,
         exports,
+        ops,
         overview,
         reports,
         security,
@@ -66,6 +67,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     security.init_app(app)
     auth.init_app(app)
     callbacks.init_app(app)
+    ops.init_app(app)
     api.init_app(app)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(callback_log.bp)

@@ -17,7 +17,7 @@ from typing import Any
 import click
 from flask import Flask
 
-from . import __version__, cli_webhooks, create_app, logmask, shipped
+from . import __version__, cli_webhooks, create_app, logmask, metrics, shipped
 from .errors import ConfigError
 from .settings import DEFAULTS
 
@@ -72,6 +72,8 @@ def serve(host: str, port: int, workers: int | None) -> None:
     env["TRACKER_WEB_WORKERS"] = str(workers or cfg["web_workers"])
     env["TRACKER_WEB_THREADS"] = str(cfg["web_threads"])
     env["TRACKER_INSTANCE_DIR"] = cfg["instance_dir"]  # the same folder for every child
+    # Every child's counters, summed at each scrape of /metrics; last run's are gone.
+    env[metrics.MULTIPROC_ENV] = metrics.fresh_multiprocess_dir(cfg["instance_dir"])
     web = subprocess.Popen([  # noqa: S603 - our own interpreter and arguments
         sys.executable, "-m", "gunicorn", "--config", "python:tracker.gunicorn_conf",
         "--bind", f"{host}:{port}", "tracker.wsgi:app",

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Self
 
-from . import sending, throttle, wakeup
+from . import metrics, sending, throttle, wakeup
 from .db import UNAVAILABLE_ERRORS, db, write_tx
 from .models import Message, utcnow
 from .providers.base import Provider, SendError, SendResult
@@ -169,6 +169,7 @@ class Dispatcher:
                     self._in_db(self.step)
                 except UNAVAILABLE_ERRORS as exc:
                     log.warning("dispatcher: database unavailable (%r); retrying", exc)
+                    metrics.WORKER_DATABASE_ERRORS.labels("dispatcher").inc()
                     stopping.wait(1.0)
                 except Exception:
                     log.exception("dispatcher step failed; retrying")
@@ -455,6 +456,7 @@ class Dispatcher:
         failover may be due now)."""
         for request in batch:
             self.sent[request.slug] += len(request.messages)
+            metrics.count_sends(request.slug, request.outcomes)
         if batch:
             self._look = True
 

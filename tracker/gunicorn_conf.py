@@ -28,3 +28,12 @@ limit_request_fields = 100
 control_socket_disable = True
 # Secrets masked in gunicorn's own log lines ("Error handling request POST /callbacks/…/<token>").
 logger_class = "tracker.logmask.Logger"
+
+
+def child_exit(_server: object, worker: object) -> None:
+    """A web worker is gone: prometheus_client's multiprocess mode drops its live gauges (its
+    counters stay counted; tracker.metrics)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from flask import Flask
 
-from . import correlation, expiry, export_jobs, overview, polling, reports
+from . import correlation, expiry, export_jobs, overview, polling, reports, retention
 from .db import db, write_tx
 from .dispatcher import new_owner
 from .models import Lease, utcnow
@@ -101,6 +102,16 @@ def clean_exports(app: Flask) -> int:
     if deleted:
         log.info("deleted %d old export job(s) and their files", deleted)
     return deleted
+
+
+def apply_retention(app: Flask, stop: Callable[[float], bool] | None = None) -> int:
+    """Delete callbacks, and final messages with their events, past `retention_days`, in
+    small batches (tracker.retention); `stop(pause)` waits between batches and may end it."""
+    days = app.config["TRACKER"]["retention_days"]
+    if not retention.enabled(days):
+        return 0
+    with db.connection_context():
+        return sum(retention.purge(days, stop=stop).values())
 
 
 def hold_lease(name: str, owner: str, ttl_seconds: float) -> bool:

@@ -147,6 +147,8 @@ for _columns in ((Message.error_code, Message.created_at),
 # Orphans waiting for their message. Partial: a matched event never touches this index.
 Event.add_index(Event.index(Event.provider, Event.provider_message_id,
                             where=Event.message.is_null()))
+# A callback deleted by retention nulls its events' link through this (m0012).
+Event.add_index(Event.index(Event.callback, where=Event.callback.is_null(False)))
 
 
 class ApiKey(BaseModel):

@@ -4,14 +4,15 @@ jobs; never inside a web worker.
 Every worker dispatches (on Postgres, any number of hosts share one queue: claims skip rows
 another holds) and writes the export jobs started from the messages page (tracker/export_jobs.py:
 claimed one at a time, never by two workers). The periodic jobs (poll, expiry, orphan re-match,
-rollups, reports, cleaning old exports) run only in the worker holding a lease row in the
-database, so every job body runs once per period; the others stand by and take over when the
-lease is released (at a graceful stop) or runs out.
+rollups, reports, cleaning old exports, retention) run only in the worker holding a lease row in
+the database, so every job body runs once per period; the others stand by and take over when
+the lease is released (at a graceful stop) or runs out.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import socket
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
 
-from . import export_jobs, jobs
+from . import export_jobs, jobs, retention
 from .db import db
 from .dispatcher import Dispatcher, new_owner
 
@@ -30,6 +31,7 @@ LEASE_NAME = "worker"
 LEASE_SECONDS = 30.0
 REPORTS_INTERVAL = 60.0  # a report is written within this long after its `at`
 EXPORTS_CLEAN_INTERVAL = 600.0  # old export jobs and files go within this long after 24 h
+RETENTION_INTERVAL = 600.0  # past their retention, rows go within this long (in batches)
 
 
 class Worker:
@@ -57,10 +59,18 @@ class Worker:
         self._every("webhook_endpoints", jobs.disable_failing_webhooks, 3600.0)
         if cfg["reports"]:
             self._every("reports", jobs.write_reports, REPORTS_INTERVAL)
+        if retention.enabled(cfg["retention_days"]):
+            self._every("retention", functools.partial(jobs.apply_retention,
+                                                       stop=self._retention_pause),
+                        RETENTION_INTERVAL)
 
     def _every(self, name: str, job: Callable[[Flask], object], seconds: float) -> None:
         self.scheduler.add_job(self._guarded, "interval", seconds=seconds, id=name, name=name,
                                args=[name, job])
+
+    def _retention_pause(self, seconds: float) -> bool:
+        """Between two retention batches: wait, and stop at a stop or a lost lease."""
+        return self.stopping.wait(seconds) or not self.is_leader.is_set()
 
     def _renew_lease(self) -> None:
         try:

@@ -67,6 +67,12 @@ DEFAULTS: dict[str, Any] = {
     "trusted_proxies": 0,
     # Host names the web app answers to (any other Host header: 400); empty: any.
     "allowed_hosts": [],
+    # GET /metrics (Prometheus) answers only with `Authorization: Bearer <metrics_token>`;
+    # unset: /metrics is off (404).
+    "metrics_token": None,
+    # [retention_days] callbacks = DAYS (raw callbacks), messages = DAYS (final messages with
+    # their events); 0 or absent: kept forever (tracker.retention).
+    "retention_days": {},
     "providers": {"fake": {}},
 }
 
@@ -106,6 +112,8 @@ TYPES: dict[str, type | tuple[type, ...]] = {
     "webhooks_allow_private": bool,
     "trusted_proxies": int,
     "allowed_hosts": list,
+    "metrics_token": str,
+    "retention_days": dict,
     "providers": dict,
 }
 
@@ -232,7 +240,12 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("trusted_proxies: must be 0 to 10 (the proxies in front, e.g. 1 for "
                           "nginx alone)")
     cfg["allowed_hosts"] = _allowed_hosts(cfg["allowed_hosts"])
-    from . import reports, routing  # they validate their own tables
+    if cfg["metrics_token"] is not None and len(cfg["metrics_token"]) < 16:
+        raise ConfigError("metrics_token: at least 16 characters (it is all that guards "
+                          "/metrics)")
+    from . import reports, retention, routing  # they validate their own tables
+
+    cfg["retention_days"] = retention.validate(cfg["retention_days"])
 
     cfg["routes"] = routing.validate(cfg["routes"], cfg["providers"])
     cfg["reports"] = reports.validate(cfg["reports"])

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from . import outbox, webhooks
+from . import metrics, outbox, webhooks
 from .db import UNAVAILABLE_ERRORS, db, write_tx
 from .dispatcher import new_owner
 from .models import utcnow
@@ -219,6 +219,7 @@ class Sender:
         except BaseException:
             self._unrecorded = tries  # rolled back: record them again at the next step
             raise
+        metrics.count_webhook_attempts(tries)  # recorded: counted once (tracker.metrics)
         with self._lock:
             for job in jobs:
                 self._backlog[job.origin].append(job)

@@ -13,6 +13,7 @@ routing) cost as much CPU as the whole bare request while serving none of it her
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,7 +21,7 @@ from flask import Flask
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
-from .. import callback_access, intake
+from .. import callback_access, intake, metrics
 from ..db import UNAVAILABLE_ERRORS, db, is_sqlite
 from ..models import utcnow
 from ..providers.base import CallbackRequest, Provider
@@ -48,7 +49,10 @@ class CallbackEndpoint:
                  ) -> Iterable[bytes]:
         if not environ.get("PATH_INFO", "").startswith(PREFIX):
             return self.next_app(environ, start_response)
-        return self.receive(Request(environ))(environ, start_response)
+        started = time.perf_counter()
+        response = self.receive(Request(environ))
+        _count(self.providers, environ["PATH_INFO"], response, time.perf_counter() - started)
+        return response(environ, start_response)
 
     def receive(self, request: Request) -> Response:
         """Store one provider callback and apply its receipts."""
@@ -104,6 +108,26 @@ def _refuse(slug: str, reason: str, remote_addr: str | None) -> Response:
         return _plain("credentials required", 401,
                       **{"WWW-Authenticate": f'Basic realm="dlr-tracker {slug} callbacks"'})
     return _plain("forbidden", 403)
+
+
+# The metrics' verdict of an answer that is not 200 (tracker.metrics.CALLBACKS).
+_REFUSALS = {400: "cut_off", 401: "forbidden", 403: "forbidden", 404: "not_found",
+             405: "method_not_allowed", 413: "too_large", 503: "unavailable"}
+
+
+def _count(providers: dict[str, Provider], path: str, response: Response,
+           seconds: float) -> None:
+    """Count one answered callback by provider and verdict, and time it (a few µs)."""
+    slug = path[len(PREFIX):].partition("/")[0]
+    provider = slug if slug in providers else "unknown"  # never a label a stranger chooses
+    if response.status_code == 200:  # "OK <verdict>"
+        verdict = response.get_data(as_text=True)[3:].strip()
+    else:
+        verdict = _REFUSALS.get(response.status_code, str(response.status_code))
+    metrics.CALLBACKS.labels(provider, verdict).inc()
+    metrics.CALLBACK_SECONDS.labels(provider).observe(seconds)
+    if response.status_code == 503:
+        metrics.UNAVAILABLE.labels("callbacks").inc()
 
 
 def _plain(text: str, status: int, **headers: str) -> Response:
