@@ -401,16 +401,19 @@ def national(number: str) -> str:
 
 
 class ServerTimer:
-    """WSGI middleware: the time the application spends on a request, body included."""
+    """WSGI middleware: the time the application spends on a request, body included, and the
+    CPU time its thread spent on it (on a machine others load, the wall time also counts the
+    waits for a core; the CPU time does not, and on SQLite it is nearly all of the work)."""
 
     def __init__(self, inner: Callable[..., Any]) -> None:
         self.inner = inner
         self.last = 0.0
+        self.last_cpu = 0.0
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         body = b"".join(self.inner(environ, start_response))
-        self.last = time.perf_counter() - t0
+        self.last, self.last_cpu = time.perf_counter() - t0, time.thread_time() - c0
         return [body]
 
 
@@ -444,6 +447,7 @@ def measure(url: str, reps: int) -> list[dict[str, Any]]:
     # elsewhere on the machine then lands on every shape alike instead of ruining one.
     todo = shapes(*values)
     view_ms: dict[str, list[float]] = {name: [] for name, _ in todo}
+    cpu_ms: dict[str, list[float]] = {name: [] for name, _ in todo}
     query_ms: dict[str, list[float]] = {name: [] for name, _ in todo}
     last: dict[str, Any] = {}
     filters = {name: reporting.MessageFilter.from_args(params) for name, params in todo}
@@ -454,6 +458,7 @@ def measure(url: str, reps: int) -> list[dict[str, Any]]:
             assert response.status_code == expected, (name, response.status_code)
             if rep >= 5:
                 view_ms[name].append(timer.last * 1000)
+                cpu_ms[name].append(timer.last_cpu * 1000)
             last[name] = response
         with app.test_request_context("/messages"):
             db.connect(reuse_if_open=True)
@@ -462,7 +467,8 @@ def measure(url: str, reps: int) -> list[dict[str, Any]]:
                 flt = filters[name]
                 base = reporting.base_where(flt, "")  # as the view does
                 listed = reporting.list_messages(flt, "", where=base.status(flt.status))
-                counted = reporting.matching(reporting.status_counts(base), flt.status)
+                counted = reporting.matching(reporting.page_status_counts(flt, base, listed),
+                                             flt.status)
                 if rep >= 5:
                     query_ms[name].append((time.perf_counter() - t0) * 1000)
                 last[name] = (last[name], listed, counted)
@@ -476,11 +482,13 @@ def measure(url: str, reps: int) -> list[dict[str, Any]]:
                      "count": counted.figure,
                      "in_page": html.count('<tr class="m">'),
                      "view_p50": p(view_ms[name], 0.5), "view_p95": p(view_ms[name], 0.95),
+                     "view_cpu_p95": p(cpu_ms[name], 0.95),
                      "query_p50": p(query_ms[name], 0.5), "query_p95": p(query_ms[name], 0.95)})
         r = rows[-1]
         assert r["in_page"] == r["rows"], (name, r)
         print(f"{name:30} {r['rows']:>4} {r['count']:>6}  {r['query_p50']:6.2f} "
               f"{r['query_p95']:6.2f}  {r['view_p50']:6.2f} {r['view_p95']:6.2f}  "
+              f"{r['view_cpu_p95']:6.2f}  "
               f"{'PASS' if r['view_p95'] <= GOAL_MS else 'FAIL'}", flush=True)
     return rows
 
@@ -541,13 +549,15 @@ def main() -> None:
           f" {args.reps} timed requests per shape; goal: view p95 <= {GOAL_MS} ms server time")
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores here; others' work adds noise)")
     print(f"{'shape':30} {'rows':>4} {'count':>6}  {'queries p50/p95 ms':>13}  "
-          f"{'view p50/p95 ms':>13}  result")
+          f"{'view p50/p95 ms':>13}  {'cpu p95':>6}  result")
     rows = measure(url, args.reps)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     worst = max(rows, key=lambda r: r["view_p95"])
     passed = sum(r["view_p95"] <= GOAL_MS for r in rows)
+    worst_cpu = max(rows, key=lambda r: r["view_cpu_p95"])
     print(f"\n{passed}/{len(rows)} shapes within {GOAL_MS} ms p95; worst: {worst['shape']} "
-          f"{worst['view_p95']:.2f} ms")
+          f"{worst['view_p95']:.2f} ms; worst view CPU p95: {worst_cpu['shape']} "
+          f"{worst_cpu['view_cpu_p95']:.2f} ms")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"dashboard-{args.db}-{dt.datetime.now():%Y%m%d-%H%M%S}.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))

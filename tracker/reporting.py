@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import functools
 import json
@@ -392,9 +393,11 @@ def count_sql(where: Where, cap: int = COUNT_CAP) -> tuple[str, list[Any]]:
             f" LIMIT {db.obj.param}) AS capped", [*where.params, cap + 1])
 
 
-def status_counts(base: Where, cap: int = COUNT_CAP, status: str = "") -> dict[str, MatchCount]:
+def status_counts(base: Where, cap: int = COUNT_CAP, status: str = "",
+                  known: int | None = None) -> dict[str, MatchCount]:
     """How many messages of each status match `base` (a filter without its status: base_where),
-    in the order of the Status enum; `status`: the one the list is narrowed to, always counted.
+    in the order of the Status enum. `status`: the one the list is narrowed to, always counted;
+    `known`: its count when the caller has it (a first page with room to spare holds all).
 
     Without a search, each status is counted apart, exact up to `cap` (count_sql), in one
     statement: every filter shape has an index led by status (0001, 0003), so each count reads
@@ -404,19 +407,31 @@ def status_counts(base: Where, cap: int = COUNT_CAP, status: str = "") -> dict[s
     its first cap + 1 matches, the newest, are grouped by status once: all of them when there
     are no more (every count exact), else each count is a floor (`capped`, n below the cap:
     "795+"), and the status the list is narrowed to is counted apart, as the list's own count."""
+    given = {status: known} if status in _STATUSES and known is not None else {}
     if not base.searching:
-        return _capped(_each_capped(base, [s.value for s in Status], cap), cap)
+        todo = [s.value for s in Status if s.value not in given]
+        return _capped({**_each_capped(base, todo, cap), **given}, cap)
     seen, complete = _grouped(base, cap)
     if complete:
         return _capped(seen, cap)
     floors = {s.value: MatchCount(seen.get(s.value, 0), True, cap) for s in Status}
     if status in floors:
-        floors[status] = _capped(_each_capped(base, [status], cap), cap)[status]
+        floors[status] = _capped(given or _each_capped(base, [status], cap), cap)[status]
     return floors
 
 
-def _capped(counted: dict[str, int], cap: int) -> dict[str, MatchCount]:
-    return {s.value: MatchCount(min(counted.get(s.value, 0), cap), counted.get(s.value, 0) > cap,
+def page_status_counts(f: MessageFilter, base: Where, page: Page,
+                       cap: int = COUNT_CAP) -> dict[str, MatchCount]:
+    """status_counts for the list's page of `f`: a first page with room to spare holds every
+    match of its filter, so what it holds is counted without asking the database again."""
+    whole = not (f.before or f.after) and len(page.rows) < PAGE_SIZE
+    if whole and not f.status:
+        return _capped(collections.Counter(row.status for row in page.rows), cap)
+    return status_counts(base, cap, f.status, known=len(page.rows) if whole else None)
+
+
+def _capped(numbers: dict[str, int], cap: int) -> dict[str, MatchCount]:
+    return {s.value: MatchCount(min(numbers.get(s.value, 0), cap), numbers.get(s.value, 0) > cap,
                                 cap) for s in Status}
 
 

@@ -112,7 +112,7 @@ def messages() -> Any:
     base = reporting.base_where(flt, region)  # once for the list and the counts: a search probes
     where = base.status(flt.status)
     page = reporting.list_messages(flt, region, where=where)
-    counts = reporting.status_counts(base, status=flt.status)
+    counts = reporting.page_status_counts(flt, base, page)
     return render_template(
         "dashboard/messages.html", page=page, rows=page.rows, flt=flt, counts=counts,
         shown=shown_rows(page.rows, _masked()),
