@@ -336,7 +336,7 @@ def test_every_page_fits_the_screen_and_the_navigation_says_where_you_are(
 
     for label, path in PAGES:
         browser.get(live_url + path)
-        current = browser.find_elements(By.CSS_SELECTOR, 'nav a[aria-current="page"]')
+        current = browser.find_elements(By.CSS_SELECTOR, 'header nav a[aria-current="page"]')
         assert [a.text for a in current] == [label], path
         assert_fits(browser, size)
 
@@ -347,7 +347,7 @@ def test_every_page_fits_the_screen_and_the_navigation_says_where_you_are(
         summary.click()
     assert "z" * 50 in browser.find_element(By.CSS_SELECTOR, "details pre").text
     assert [a.text for a in browser.find_elements(
-        By.CSS_SELECTOR, 'nav a[aria-current="page"]')] == ["Messages"]
+        By.CSS_SELECTOR, 'header nav a[aria-current="page"]')] == ["Messages"]
     assert_fits(browser, size)
 
     browser.get(live_url + "/overview?window=7d")
@@ -391,7 +391,7 @@ def test_errors_are_pages_in_the_dashboards_style_and_the_api_stays_json(
     browser.get(live_url + "/messages/999999")
     assert page_heading(browser) == "Page not found" and styled(browser)
     assert [a.text for a in browser.find_elements(
-        By.CSS_SELECTOR, 'nav a[aria-current="page"]')] == ["Messages"]
+        By.CSS_SELECTOR, 'header nav a[aria-current="page"]')] == ["Messages"]
     assert not browser.find_elements(By.CSS_SELECTOR, ".refresh select")  # nothing to follow
 
     # A viewer posting an admin action (an old tab, a shared link): 403, in words.
