@@ -14,9 +14,10 @@ from collections.abc import Iterator
 import pytest
 from werkzeug.serving import make_server
 
-from tracker import accounts, sending
+from tracker import accounts, correlation, sending
 from tracker.models import Message
 from tracker.providers.base import SendResult
+from tracker.status import Status
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -314,6 +315,8 @@ def seed_a_day_of_support(app) -> Message:
                     data=f"<POSTBACK><ORIGIN>SMS_MT</ORIGIN><CODE>{code}</CODE><STATUS>{text}"
                          f"</STATUS><TRACKINGID>SMS_{i}_{'9' * 30}</TRACKINGID>"
                          f"<NOTE>{'z' * 200}</NOTE></POSTBACK>".encode())
+        if i % 4 == 1:  # a provider's long error code beside its long id
+            correlation.set_status(m.id, Status.UNDELIVERED, error_code="UNDELIVERABLE_ROUTE")
     return m
 
 
