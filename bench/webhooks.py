@@ -231,7 +231,8 @@ def outcome(url: str, arrivals: Path, expected: int, timeout: float) -> dict[str
         if delivered >= expected:
             break
         time.sleep(0.2)
-    rows = execute("SELECT o.webhook_id, o.changed_at FROM outbox o").fetchall()
+    rows = execute("SELECT d.webhook_id, o.changed_at FROM outbox o"
+                   " JOIN webhook_delivery d ON d.outbox_id = o.id").fetchall()
     changed = {wid: _epoch(at) for wid, at in rows}
     seen: dict[str, float] = {}
     for line in arrivals.read_text().splitlines():

@@ -320,8 +320,6 @@ class Outbox(BaseModel):
     previous_provider = pw.CharField(max_length=32, null=True)  # failover: the one that failed
     status_at = pw.DateTimeField(null=True)
     changed_at = pw.DateTimeField()
-    webhook_id = pw.CharField(max_length=40, null=True)  # set at fan-out; same on every retry
-    payload = pw.TextField(null=True)  # the JSON body, set at fan-out
     fanned_out_at = pw.DateTimeField(null=True)
 
 
@@ -334,6 +332,8 @@ class WebhookDelivery(BaseModel):
     api_key_id = pw.IntegerField(null=True)  # whose secret signs it
     url = pw.CharField(max_length=2048)
     origin = pw.CharField(max_length=300)  # scheme://host:port: concurrency is bounded per origin
+    webhook_id = pw.CharField(max_length=40)  # the event's: one per outbox row, on every try
+    payload = pw.TextField()  # the JSON body sent (and signed) on every try
     state = pw.CharField(max_length=16)  # pending, delivered, failed
     attempts = pw.IntegerField(default=0)
     created_at = pw.DateTimeField(default=utcnow)

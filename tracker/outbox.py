@@ -25,7 +25,15 @@ from peewee import fn
 from . import webhooks
 from .db import execute, is_sqlite, write_tx
 from .dispatcher import owner_is_gone
-from .models import ApiKey, Message, Outbox, WebhookDelivery, WebhookEndpoint, utcnow
+from .models import (
+    ApiKey,
+    Message,
+    Outbox,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    utcnow,
+)
 from .providers.base import Provider
 
 FAN_OUT_BATCH = 500  # outbox rows per transaction
@@ -65,8 +73,9 @@ class Try:
 
 def fan_out(providers: Mapping[str, Provider], *, retry_hours: float,
             limit: int = FAN_OUT_BATCH, now: dt.datetime | None = None) -> int:
-    """Give waiting outbox rows their id and body and a delivery per destination (inside the
-    caller's write transaction); returns how many rows."""
+    """Give waiting outbox rows a delivery per destination, each with the event's webhook id
+    and body (inside the caller's write transaction); returns how many rows. A handful of
+    statements however many rows: on Postgres each is a round trip."""
     now = now or utcnow()
     lock = "" if is_sqlite() else " FOR UPDATE SKIP LOCKED"  # several workers share the rows
     ids = [r[0] for r in execute(
@@ -86,18 +95,18 @@ def fan_out(providers: Mapping[str, Provider], *, retry_hours: float,
         message = messages[row.message_id]
         provider = providers.get(row.provider)
         meaning = provider.explain(row.error_code) if provider else None
-        row.webhook_id = webhooks.new_webhook_id()
-        row.payload = webhooks.body(webhooks.payload(row, message, meaning))
+        event = {"webhook_id": webhooks.new_webhook_id(),
+                 "payload": webhooks.body(webhooks.payload(row, message, meaning))}
         targets = ([(None, message.status_callback)] if message.status_callback else []) + [
             (e.id, e.url) for e in endpoints.get(message.api_key_id, ())
             if webhooks.wants(e.events, webhooks.event_name(row))]
         deliveries += [{"outbox": row.id, "endpoint": endpoint_id,
                         "api_key_id": message.api_key_id, "url": url,
-                        "origin": webhooks.origin(url), "state": "pending", "attempts": 0,
-                        "created_at": now, "give_up_at": give_up, "next_at": now}
+                        "origin": webhooks.origin(url), **event, "state": "pending",
+                        "attempts": 0, "created_at": now, "give_up_at": give_up,
+                        "next_at": now}
                        for endpoint_id, url in targets]
-        Outbox.update(webhook_id=row.webhook_id, payload=row.payload, fanned_out_at=now).where(
-            Outbox.id == row.id).execute()
+    Outbox.update(fanned_out_at=now).where(Outbox.id.in_(ids)).execute()
     for key_id in {d["api_key_id"] for d in deliveries if d["api_key_id"]}:
         webhooks.ensure_secret(key_id)
     for i in range(0, len(deliveries), 200):
@@ -151,7 +160,7 @@ def claim(owner: str, room: Mapping[str, int], *, default_room: int, limit: int,
     claimed = execute(
         "UPDATE webhook_delivery SET next_at = ?, claimed_by = ?"  # noqa: S608
         f" WHERE id IN ({', '.join('?' * len(picked))}) AND state = 'pending' AND next_at <= ?"
-        " RETURNING id, outbox_id, api_key_id, url, origin",
+        " RETURNING id, api_key_id, url, origin, webhook_id, payload",
         (now + lease, owner, *picked, now)).fetchall()
     return _jobs(claimed, now)
 
@@ -159,14 +168,12 @@ def claim(owner: str, room: Mapping[str, int], *, default_room: int, limit: int,
 def _jobs(claimed: list[tuple[Any, ...]], now: dt.datetime) -> list[Job]:
     if not claimed:
         return []
-    bodies = {r.id: r for r in Outbox.select(Outbox.id, Outbox.webhook_id, Outbox.payload)
-              .where(Outbox.id.in_({c[1] for c in claimed}))}
-    keys = {k.id: k for k in ApiKey.select().where(ApiKey.id.in_({c[2] for c in claimed
-                                                                  if c[2]}))}
-    return [Job(delivery_id=d, url=url, origin=origin, webhook_id=bodies[o].webhook_id,
-                body=bodies[o].payload.encode("utf-8"),
+    keys = {k.id: k for k in ApiKey.select().where(ApiKey.id.in_({c[1] for c in claimed
+                                                                  if c[1]}))}
+    return [Job(delivery_id=d, url=url, origin=origin, webhook_id=webhook_id,
+                body=payload.encode("utf-8"),
                 secrets=tuple(webhooks.signing_secrets(keys.get(k), now)))
-            for d, o, k, url, origin in sorted(claimed)]
+            for d, k, url, origin, webhook_id, payload in sorted(claimed)]
 
 
 def recover(me: str) -> int:
@@ -194,34 +201,55 @@ def backoff(attempts: int, base: float, cap: float) -> float:
 
 
 def record(owner: str, tries: Iterable[Try], *, backoff_base: float, backoff_max: float) -> int:
-    """Write each try and what follows from it (inside the caller's write transaction);
-    returns how many were delivered."""
-    delivered = 0
+    """Write the tries and what follows from them (inside the caller's write transaction), in a
+    few statements whatever their number; returns how many were delivered."""
+    tries = list(tries)
+    if not tries:
+        return 0
+    # A delivery deleted meanwhile (its endpoint removed, its message past retention) takes
+    # no attempt: one refused row would fail the whole batch, again and again.
+    ids = [t.job.delivery_id for t in tries]
+    alive = {r[0] for r in execute(
+        f"SELECT id FROM webhook_delivery WHERE id IN ({', '.join('?' * len(ids))})",  # noqa: S608
+        ids).fetchall()}
+    tries = [t for t in tries if t.job.delivery_id in alive]
+    if not tries:
+        return 0
+    WebhookAttempt.insert_many([
+        {"delivery": t.job.delivery_id, "at": t.at, "status_code": t.status_code,
+         "latency_ms": t.latency_ms, "response": t.response, "error": t.error}
+        for t in tries]).execute()
+    delivered = _delivered(owner, [t for t in tries if t.ok])
     for done in tries:
-        # A delivery deleted meanwhile (its endpoint removed, its message past retention)
-        # takes no attempt: one refused row would fail the whole batch, again and again.
-        execute("INSERT INTO webhook_attempt (delivery_id, at, status_code, latency_ms,"
-                " response, error) SELECT id, ?, ?, ?, ?, ? FROM webhook_delivery WHERE id = ?",
-                (done.at, done.status_code, done.latency_ms, done.response, done.error,
-                 done.job.delivery_id))
-        if done.ok:
-            delivered += _delivered(owner, done)
-        else:
+        if not done.ok:
             _failed(owner, done, backoff_base, backoff_max)
     return delivered
 
 
-def _delivered(owner: str, done: Try) -> int:
-    changed = execute(
-        "UPDATE webhook_delivery SET state = 'delivered', delivered_at = ?, attempts ="
-        " attempts + 1, last_status_code = ?, last_error = NULL, next_at = NULL"
-        " WHERE id = ? AND state = 'pending' AND claimed_by = ? RETURNING endpoint_id",
-        (done.at, done.status_code, done.job.delivery_id, owner)).fetchall()
-    for (endpoint_id,) in changed:
-        if endpoint_id is not None:
-            execute("UPDATE webhook_endpoint SET last_success_at = ?, failing_since = NULL"
-                    " WHERE id = ?", (done.at, endpoint_id))
-    return len(changed)
+def _delivered(owner: str, tries: list[Try]) -> int:
+    """Successes: one UPDATE per status code (nearly always one), one per endpoint."""
+    by_code: dict[int, list[Try]] = {}
+    for done in tries:
+        by_code.setdefault(done.status_code or 0, []).append(done)
+    count = 0
+    endpoints: dict[int, dt.datetime] = {}
+    for code, group in by_code.items():
+        ids = [t.job.delivery_id for t in group]
+        at = max(t.at for t in group)
+        changed = execute(
+            "UPDATE webhook_delivery SET state = 'delivered', delivered_at = ?, attempts ="  # noqa: S608
+            " attempts + 1, last_status_code = ?, last_error = NULL, next_at = NULL,"
+            f" claimed_by = NULL WHERE id IN ({', '.join('?' * len(ids))})"
+            " AND state = 'pending' AND claimed_by = ? RETURNING endpoint_id",
+            (at, code, *ids, owner)).fetchall()
+        count += len(changed)
+        for (endpoint_id,) in changed:
+            if endpoint_id is not None:
+                endpoints[endpoint_id] = at
+    for endpoint_id, at in endpoints.items():
+        execute("UPDATE webhook_endpoint SET last_success_at = ?, failing_since = NULL"
+                " WHERE id = ?", (at, endpoint_id))
+    return count
 
 
 def _failed(owner: str, done: Try, base: float, cap: float) -> None:
@@ -315,10 +343,7 @@ def enable(endpoint_id: int) -> bool:
 
 def deliveries_of(message_id: int) -> list[tuple[WebhookDelivery, list[Any]]]:
     """A message's deliveries, each with its attempts, oldest first."""
-    from .models import WebhookAttempt
-
-    deliveries = list(WebhookDelivery.select(WebhookDelivery, Outbox.status, Outbox.kind,
-                                             Outbox.webhook_id)
+    deliveries = list(WebhookDelivery.select(WebhookDelivery, Outbox.status, Outbox.kind)
                       .join(Outbox).where(Outbox.message == message_id)
                       .order_by(WebhookDelivery.id))
     tries: dict[int, list[Any]] = {}

@@ -59,7 +59,7 @@ def _tables(ts: str, pk: str, text: str, boolean: str) -> list[str]:
         f' "status" VARCHAR(16) NOT NULL, "status_inferred" {boolean} NOT NULL,'
         ' "error_code" VARCHAR(64), "error_detail" TEXT, "provider" VARCHAR(32) NOT NULL,'
         f' "previous_provider" VARCHAR(32), "status_at" {ts}, "changed_at" {ts} NOT NULL,'
-        f' "webhook_id" VARCHAR(40), "payload" {text}, "fanned_out_at" {ts})',
+        f' "fanned_out_at" {ts})',
         # Rows not fanned out yet: a handful at any time, whatever the table's size.
         'CREATE INDEX "outbox_waiting" ON "outbox" ("id") WHERE ("fanned_out_at" IS NULL)',
         'CREATE INDEX "outbox_message_id" ON "outbox" ("message_id")',
@@ -67,6 +67,7 @@ def _tables(ts: str, pk: str, text: str, boolean: str) -> list[str]:
         ' REFERENCES "outbox" ("id") ON DELETE CASCADE, "endpoint_id" INTEGER REFERENCES'
         ' "webhook_endpoint" ("id") ON DELETE CASCADE, "api_key_id" INTEGER,'
         ' "url" VARCHAR(2048) NOT NULL, "origin" VARCHAR(300) NOT NULL,'
+        f' "webhook_id" VARCHAR(40) NOT NULL, "payload" {text} NOT NULL,'
         ' "state" VARCHAR(16) NOT NULL, "attempts" INTEGER NOT NULL,'
         f' "created_at" {ts} NOT NULL, "give_up_at" {ts} NOT NULL, "next_at" {ts},'
         f' "claimed_by" VARCHAR(128), "delivered_at" {ts}, "last_status_code" INTEGER,'
