@@ -65,29 +65,37 @@ def _refused(code: int, detail: str, **headers: str) -> Any:
 def start() -> Any:
     """Export what the filters show: the file at once when small, else its status page."""
     fmt = request.args.get("format", "csv")
+    refused = _refusal(fmt)
+    if refused is not None:
+        return refused
+    cfg = current_app.config["TRACKER"]
+    flt = reporting.MessageFilter.from_args(request.args).without_page()  # as the page reads it
+    inline = cfg["export_inline_rows"]
+    small = inline > 0 and not reporting.count_messages(
+        flt, cfg["default_region"], cap=inline).capped
+    owner = new_owner() if small else None  # this request writes it: claimed from the start
+    job = export_jobs.create(fmt, flt, current_user.username, owner=owner,
+                             masked=cfg["mask_phone_numbers"] and not _is_admin())
+    if owner is not None:
+        job = export_jobs.run(job, owner, export_jobs.folder_of(current_app),
+                              default_region=cfg["default_region"])
+        if job.state == "done":
+            return redirect(_url("exports.download", job), 303)
+    return redirect(_url("exports.status", job), 303)
+
+
+def _refusal(fmt: str) -> Any:
+    """The answer to an export that must not start (and old jobs cleaned), or None."""
     if fmt not in exports.FORMATS:
         return _refused(400, f"Not exported: format must be one of {', '.join(exports.FORMATS)}.")
     problems = reporting.filter_problems(request.args)
     if problems:
         return _refused(400, "Not exported: " + "; ".join(problems) + ".")
+    export_jobs.clean(export_jobs.folder_of(current_app))  # as each export starts
     if export_jobs.under_way(current_user.username) >= export_jobs.MAX_UNDER_WAY:
         return _refused(429, f"You have {export_jobs.MAX_UNDER_WAY} exports waiting or being "
                         "written; start another when one is done.", **{"Retry-After": "60"})
-    cfg = current_app.config["TRACKER"]
-    folder = export_jobs.folder_of(current_app)
-    export_jobs.clean(folder)
-    flt = reporting.MessageFilter.from_args(request.args).without_page()  # as the page reads it
-    masked = cfg["mask_phone_numbers"] and not _is_admin()
-    inline = cfg["export_inline_rows"]
-    small = inline > 0 and not reporting.count_messages(
-        flt, cfg["default_region"], cap=inline).capped
-    owner = new_owner() if small else None
-    job = export_jobs.create(fmt, flt, current_user.username, masked=masked, owner=owner)
-    if owner is not None:
-        job = export_jobs.run(job, owner, folder, default_region=cfg["default_region"])
-        if job.state == "done":
-            return redirect(_url("exports.download", job), 303)
-    return redirect(_url("exports.status", job), 303)
+    return None
 
 
 def _url(endpoint: str, job: ExportJob) -> str:
