@@ -55,6 +55,7 @@ COVERED = {
     "slow_clients.py": "test_slow_clients_smoke",
     "mutants.py": "test_mutants_smoke",
     "webhooks.py": "test_webhooks_smoke",
+    "retention.py": "test_retention_smoke",
 }
 
 
@@ -298,3 +299,16 @@ def test_webhooks_smoke(db: str, tmp_path: Path) -> None:
     output = run_bench("webhooks.py", "--smoke", "--db", db, *pg_args(db, "--pg-url"),
                        cwd=tmp_path)
     assert output.count(" OK") == 2, output[-3000:]
+
+
+@pytest.mark.parametrize("db", DATABASES)
+def test_retention_smoke(db: str, tmp_path: Path) -> None:
+    """A few thousand old rows deleted by the retention job while wrk posts callbacks: every
+    old row gone, every acknowledged callback stored."""
+    require("wrk", shutil.which("wrk") is not None, "apt-get install wrk")
+    output = run_bench("retention.py", "--db", db, "--old-rows", "3000", "--messages", "1000",
+                       "--duration", "1", "--warmup", "1", "--alone-windows", "1",
+                       "--results", str(tmp_path / "retention.jsonl"), *pg_args(db),
+                       cwd=tmp_path)
+    assert f"{db}: 3,000 old rows deleted" in output, output[-3000:]
+    assert "check: OK" in output, output[-3000:]
