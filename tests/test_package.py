@@ -86,6 +86,8 @@ def test_the_installed_package_serves_stores_and_exports(installed: Path,
                 assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
                 time.sleep(0.2)
         assert login.status_code == 200 and "csrf_token" in login.text
+        openapi = httpx.get(f"{base}/api/v1/openapi.json", timeout=10)  # package data
+        assert openapi.json()["openapi"].startswith("3.1"), openapi.text[:200]
         answer = httpx.post(f"{base}/callbacks/fake/tok", timeout=10,
                             content=json.dumps({"id": "PKG-1", "status": "delivered"}),
                             headers={"Content-Type": "application/json"})

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
@@ -155,6 +158,26 @@ def cancel_message(ident: str) -> Any:
                      "scheduled message that no dispatcher is sending can be canceled",
                      status=exc.status)
     return jsonify(reporting.message_detail(message_id))
+
+
+# The one description of this API (paths, fields, error codes): tests/test_openapi.py checks
+# it against the OpenAPI 3.1 rules and real answers against it. Shipped as package data.
+OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
+
+
+@functools.cache
+def _openapi_document() -> dict[str, Any]:
+    return json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI document, naming this deployment's public address as its server (no key:
+    it describes the API, nothing of its data)."""
+    base = current_app.config["TRACKER"]["public_base_url"]
+    document = {**_openapi_document(), "servers": [{"url": f"{base}{bp.url_prefix}"}]}
+    return Response(json.dumps(document, ensure_ascii=False, indent=1), mimetype="application/json",
+                    headers={"Cache-Control": "public, max-age=300"})
 
 
 def init_app(app: Flask) -> None:
