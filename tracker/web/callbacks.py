@@ -113,21 +113,33 @@ def _refuse(slug: str, reason: str, remote_addr: str | None) -> Response:
 # The metrics' verdict of an answer that is not 200 (tracker.metrics.CALLBACKS).
 _REFUSALS = {400: "cut_off", 401: "forbidden", 403: "forbidden", 404: "not_found",
              405: "method_not_allowed", 413: "too_large", 503: "unavailable"}
+# (provider, status, answer) -> the metric children it bumps: looked up once each, since
+# prometheus_client's labels() costs more than the increments. Bounded: configured providers
+# (any other name is "unknown") times the few answers this endpoint gives.
+_COUNTED: dict[tuple[str, int, bytes], tuple[Any, ...]] = {}
 
 
 def _count(providers: dict[str, Provider], path: str, response: Response,
            seconds: float) -> None:
     """Count one answered callback by provider and verdict, and time it (a few µs)."""
     slug = path[len(PREFIX):].partition("/")[0]
-    provider = slug if slug in providers else "unknown"  # never a label a stranger chooses
-    if response.status_code == 200:  # "OK <verdict>"
-        verdict = response.get_data(as_text=True)[3:].strip()
-    else:
-        verdict = _REFUSALS.get(response.status_code, str(response.status_code))
-    metrics.CALLBACKS.labels(provider, verdict).inc()
-    metrics.CALLBACK_SECONDS.labels(provider).observe(seconds)
-    if response.status_code == 503:
-        metrics.UNAVAILABLE.labels("callbacks").inc()
+    key = (slug if slug in providers else "unknown",  # never a label a stranger chooses
+           response.status_code, response.get_data())
+    children = _COUNTED.get(key) or _COUNTED.setdefault(key, _children(*key))
+    children[0].inc()
+    children[1].observe(seconds)
+    if len(children) > 2:
+        children[2].inc()
+
+
+def _children(provider: str, status: int, answer: bytes) -> tuple[Any, ...]:
+    verdict = (answer.decode()[3:].strip() if status == 200  # "OK <verdict>"
+               else _REFUSALS.get(status, str(status)))
+    children = (metrics.CALLBACKS.labels(provider, verdict),
+                metrics.CALLBACK_SECONDS.labels(provider))
+    if status == 503:
+        return (*children, metrics.UNAVAILABLE.labels("callbacks"))
+    return children
 
 
 def _plain(text: str, status: int, **headers: str) -> Response:
