@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,8 +12,9 @@ from conftest import build_app, make_config, running
 from flask import Flask, g
 from test_dashboard import PASSWORD, csrf, login
 
-from tracker import accounts, sending
-from tracker.models import LoginFailure, utcnow
+from tracker import accounts, create_app, migrations, sending
+from tracker.db import db, execute, is_sqlite, write_tx
+from tracker.models import ApiKey, LoginFailure, SchemaMigration, utcnow
 from tracker.phones import mask_phone
 
 
@@ -103,3 +105,66 @@ def test_viewers_see_masked_numbers_admins_see_all(masked_app: Flask) -> None:
     admin = fresh_client(masked_app)
     login(admin, "boss")
     assert "+77011234567" in admin.get(f"/messages/{message.id}").get_data(as_text=True)
+
+
+def test_a_key_s_last_use_is_written_at_most_once_a_minute(app: Flask, client: Any,
+                                                           caplog: Any) -> None:
+    """The API is hot: a request writes "last used" only when the stored one is a minute old,
+    and otherwise opens no write transaction at all."""
+    key = accounts.create_api_key("ops")
+    auth = {"Authorization": f"Bearer {key}"}
+    assert ApiKey.get(ApiKey.name == "ops").last_used_at is None
+    assert client.get("/api/v1/messages/1", headers=auth).status_code == 404
+    first = ApiKey.get(ApiKey.name == "ops").last_used_at
+    assert first is not None and utcnow() - first < dt.timedelta(seconds=30)
+    back = first - dt.timedelta(seconds=50)  # as if used 50 s ago
+    ApiKey.update(last_used_at=back).execute()
+    with caplog.at_level(logging.DEBUG, logger="peewee"):  # every statement sent
+        assert client.get("/api/v1/messages/1", headers=auth).status_code == 404
+    sent = [str(r.msg) for r in caplog.records if r.name == "peewee"]
+    assert sent and not [s for s in sent if "UPDATE" in s or "BEGIN" in s], sent
+    assert ApiKey.get(ApiKey.name == "ops").last_used_at == back  # not written again
+    ApiKey.update(last_used_at=first - dt.timedelta(seconds=61)).execute()
+    assert client.get("/api/v1/messages/1", headers=auth).status_code == 404
+    assert ApiKey.get(ApiKey.name == "ops").last_used_at >= first  # a minute on: written
+    assert client.get("/api/v1/messages/1", headers={"Authorization": "Bearer dlr_x"}
+                      ).status_code == 401
+
+
+def test_migration_0010_keeps_one_live_key_per_name(database_url: str) -> None:
+    """Keys named alike before names were unique: the oldest keeps the name, the others get
+    their id appended; revoked keys keep theirs."""
+    app = create_app(make_config(database_url))
+    with app.app_context(), db.connection_context():
+        dialect = "sqlite" if is_sqlite(db.obj) else "postgres"
+        for module in migrations.MIGRATIONS:
+            if module.VERSION < 10:
+                with write_tx():
+                    module.upgrade(db.obj, dialect)
+                    SchemaMigration.create(version=module.VERSION, name=module.NAME)
+        insert = ('INSERT INTO "api_key" ("name", "key_hash", "prefix", "created_at",'
+                  ' "revoked_at") VALUES (?, ?, ?, ?, ?)')
+        now = utcnow()
+        for i, (name, revoked) in enumerate([("ops", None), ("ops", None), ("ops", now),
+                                             ("ci", None), ("ops", None)]):
+            execute(insert, (name, f"{i:064d}", f"dlr_{i}", now, revoked))
+        migrations.upgrade(db.obj, log=lambda _line: None)
+        names = [(k.id, k.name, k.revoked_at is None)
+                 for k in ApiKey.select().order_by(ApiKey.id)]
+        ids = [k[0] for k in names]
+        assert names == [(ids[0], "ops", True), (ids[1], f"ops-{ids[1]}", True),
+                         (ids[2], "ops", False), (ids[3], "ci", True),
+                         (ids[4], f"ops-{ids[4]}", True)]
+        assert accounts.revoke_api_key("ops").id == ids[0]
+    if hasattr(db.obj, "close_all"):
+        db.obj.close_all()  # the pool's connections, before the next test drops the schema
+
+
+def test_a_disabled_account_is_refused_only_with_its_password(app: Flask) -> None:
+    accounts.create_user("ana", PASSWORD, "viewer")
+    assert accounts.disable_user("ana") and not accounts.disable_user("ana")
+    assert accounts.authenticate("ana", "wrong password") is None
+    with pytest.raises(accounts.AccountDisabled):
+        accounts.authenticate("ana", PASSWORD)
+    assert accounts.enable_user("ana") and not accounts.enable_user("ana")
+    assert accounts.authenticate("ana", PASSWORD).username == "ana"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import pty
 import subprocess
 
 from conftest import make_config
@@ -104,3 +105,54 @@ def test_replay_reports_a_row_that_fails_again_and_goes_on(app) -> None:
     assert "failed again" in results[0].line()
     assert Callback.get_by_id(bad.id).verdict == "error"
     assert Message.get_by_id(message.id).status == "delivered"
+
+
+def read_terminal(master: int) -> str:
+    """Everything written to a pseudo-terminal until its other end closed."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the process exited and its end is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def test_cli_shows_progress_on_a_terminal_only(app, database_url, tmp_path) -> None:
+    """On a terminal: "done of total" redrawn below the lines; to a pipe: the lines alone."""
+    config = write_config(tmp_path / "tracker.toml", make_config(database_url))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")},
+           "TRACKER_CONFIG": str(config)}
+    callbacks = [stored_as_invalid(BODY) for _ in range(3)]
+    command = [*tracker_command(), "callbacks", "replay", "--verdict", "invalid", "--dry-run"]
+
+    master, slave = pty.openpty()
+    with subprocess.Popen(command, env=env, stdout=slave, stderr=subprocess.PIPE) as proc:
+        os.close(slave)
+        shown = read_terminal(master)
+        assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+    os.close(master)
+    assert "3 of 3 callbacks (100 %)" in shown, shown
+    assert "1 of 3 callbacks" in shown and "\x1b[K" in shown
+    for callback in callbacks:
+        assert f"callback #{callback.id} skycore: invalid -> orphan" in shown
+
+    piped = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.splitlines() == [
+        f"callback #{c.id} skycore: invalid -> orphan (dry run: nothing written)"
+        for c in callbacks]
+    assert "3 callback(s) checked (dry run)" in piped.stderr and " of 3" not in piped.stderr
+
+
+def test_a_replay_covers_what_was_stored_when_it_started(app) -> None:
+    """Its total is known up front, and callbacks arriving meanwhile are the live path's."""
+    first, second = stored_as_invalid(BODY), stored_as_invalid(BODY)
+    selection = replay.Selection(verdict="invalid").frozen()
+    assert selection.count() == 2
+    stored_as_invalid(BODY)  # arrives during the replay
+    assert [c.id for c in selection.callbacks(batch=1)] == [first.id, second.id]
+    assert replay.Selection(ids=(second.id,), verdict="invalid").frozen().count() == 1

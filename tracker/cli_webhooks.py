@@ -135,7 +135,8 @@ def _when(value: str | None) -> dt.datetime:
 @click.argument("name")
 @click.option("--rotate", is_flag=True, help="Make a new secret; the old one keeps signing "
               "for --grace-hours.")
-@click.option("--grace-hours", type=float, default=24.0, show_default=True)
+@click.option("--grace-hours", type=click.FloatRange(min=0), default=24.0, show_default=True,
+              help="With --rotate: hours the old secret keeps signing beside the new one.")
 def webhook_secret(name: str, rotate: bool, grace_hours: float) -> None:
     """Print the webhook signing secret of API key NAME (last line), made if it has none."""
     with _database():

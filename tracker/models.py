@@ -159,9 +159,14 @@ class ApiKey(BaseModel):
     prefix = pw.CharField(max_length=12)
     created_at = pw.DateTimeField(default=utcnow)
     revoked_at = pw.DateTimeField(null=True)
+    last_used_at = pw.DateTimeField(null=True)  # written at most once a minute (m0010)
     webhook_secret = pw.CharField(max_length=64, null=True)  # whsec_…: signs its webhooks
     webhook_secret_previous = pw.CharField(max_length=64, null=True)  # still signs until:
     webhook_secret_previous_until = pw.DateTimeField(null=True)
+
+
+# Live key names are unique: `tracker keys revoke NAME` names one key (m0010).
+ApiKey.add_index(ApiKey.index(ApiKey.name, unique=True, where=ApiKey.revoked_at.is_null()))
 
 
 class User(BaseModel):
@@ -172,6 +177,8 @@ class User(BaseModel):
     role = pw.CharField(max_length=16, default="viewer")
     session_version = pw.IntegerField(default=1)  # bumped on logout: old cookies stop working
     created_at = pw.DateTimeField(default=utcnow)
+    disabled_at = pw.DateTimeField(null=True)  # cannot log in; sessions end (m0010)
+    last_login_at = pw.DateTimeField(null=True)
 
 
 class Lease(BaseModel):

@@ -10,8 +10,11 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 from urllib.parse import parse_qs
+
+from peewee import fn
 
 from . import correlation, intake
 from .correlation import Verdict
@@ -48,26 +51,60 @@ class _DryRun(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which stored callbacks to replay: by id, time range (received_at) and verdict, and only
+    those stored when the replay started (`up_to`: the last id then), so that its total is
+    known and callbacks arriving meanwhile are left to the live path."""
+
+    ids: tuple[int, ...] = ()
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    verdict: str | None = None
+    up_to: int | None = None
+
+    def query(self) -> Any:
+        """The matching callbacks as a query (unordered)."""
+        query = Callback.select()
+        if self.ids:
+            query = query.where(Callback.id.in_(self.ids))
+        if self.since:
+            query = query.where(Callback.received_at >= self.since)
+        if self.until:
+            query = query.where(Callback.received_at < self.until)
+        if self.verdict:
+            query = query.where(Callback.verdict == self.verdict)
+        if self.up_to is not None:
+            query = query.where(Callback.id <= self.up_to)
+        return query
+
+    def frozen(self) -> Selection:
+        """This selection bounded to the callbacks stored now."""
+        last = Callback.select(fn.MAX(Callback.id)).scalar() or 0
+        return replace(self, up_to=last if self.up_to is None else min(self.up_to, last))
+
+    def count(self) -> int:
+        """How many callbacks match (for a replay's progress: done of total)."""
+        return self.query().count()
+
+    def callbacks(self, batch: int = 500) -> Iterator[Callback]:
+        """The matching callbacks, oldest first, fetched in batches (a replay rewrites their
+        verdicts as it goes: paging by id, not offset, sees each once)."""
+        last = 0
+        while True:
+            rows = list(self.query().where(Callback.id > last).order_by(Callback.id)
+                        .limit(batch))
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1].id
+
+
 def select_callbacks(ids: list[int] | None = None, since: dt.datetime | None = None,
                      until: dt.datetime | None = None, verdict: str | None = None,
                      batch: int = 500) -> Iterator[Callback]:
     """Stored callbacks by id, time range and verdict, oldest first, fetched in batches."""
-    last = 0
-    while True:
-        query = Callback.select().where(Callback.id > last)
-        if ids:
-            query = query.where(Callback.id.in_(ids))
-        if since:
-            query = query.where(Callback.received_at >= since)
-        if until:
-            query = query.where(Callback.received_at < until)
-        if verdict:
-            query = query.where(Callback.verdict == verdict)
-        rows = list(query.order_by(Callback.id).limit(batch))
-        if not rows:
-            return
-        yield from rows
-        last = rows[-1].id
+    return Selection(tuple(ids or ()), since, until, verdict).callbacks(batch)
 
 
 def replay(callback: Callback, providers: dict[str, Provider], *, dry_run: bool) -> Replayed:

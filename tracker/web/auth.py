@@ -65,7 +65,9 @@ def _load(user_id: str) -> SessionUser | None:
     return SessionUser(User(id=row[0], username=row[1], role=row[2], session_version=row[3]))
 
 
-_LOAD_USER = 'SELECT id, username, role, session_version FROM "user" WHERE id = ?'
+# A disabled account's sessions end at once, even one whose cookie was issued before.
+_LOAD_USER = ('SELECT id, username, role, session_version FROM "user"'
+              ' WHERE id = ? AND disabled_at IS NULL')
 
 
 def init_app(app: Flask) -> None:
@@ -96,9 +98,13 @@ def login() -> Any:
                                      429)
             response.headers["Retry-After"] = str(wait)
             return response
-        user = accounts.authenticate(username, request.form.get("password", ""))
+        try:
+            user = accounts.authenticate(username, request.form.get("password", ""))
+        except accounts.AccountDisabled:
+            flash("This account is disabled. Ask an administrator to enable it.")
+            return render_template("auth/login.html", username=username), 403
         if user is not None:
-            accounts.clear_login_failures(username, address)
+            accounts.record_login(user, address)
             login_user(SessionUser(user))
             return redirect(_safe_next(request.args.get("next")))
         accounts.record_login_failure(username, address)
