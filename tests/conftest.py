@@ -44,6 +44,9 @@ def missing_prerequisites() -> list[str]:
         (shutil.which("soffice") is not None,
          "LibreOffice (apt-get install libreoffice-calc-nogui)"),
         (shutil.which("wrk") is not None, "wrk (apt-get install wrk)"),
+        (shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin") is not None,
+         "nginx (apt-get install nginx-light)"),
+        (shutil.which("systemd-analyze") is not None, "systemd-analyze (apt-get install systemd)"),
     ]
     return [what for found, what in needs if not found]
 
