@@ -141,7 +141,7 @@ def test_provider_side_failure_fails_over_to_the_next_provider(
     assert (stored.status, stored.provider) == ("accepted", "mobizon")
     events = timeline(message)
     assert events == [("created", "skycore", "queued"), ("routed", "skycore", None),
-                      ("failover", "mobizon", None), ("submitted", "mobizon", "accepted")]
+                      ("failover", "skycore", None), ("submitted", "mobizon", "accepted")]
     failover = Event.get((Event.message == message.id) & (Event.kind == "failover"))
     assert failover.error_code == "E713"
     assert failover.detail.startswith("skycore failed (E713: ")

@@ -483,9 +483,9 @@ def fail_over(message: Message, error: SendError, providers: dict[str, Provider]
             message, now, pending_only=True, provider=nxt, route=rest, due_at=now, attempts=0,
             error_code=error.code, error_detail=error.detail,
             expires_at=now + _validity(provider) if provider else message.expires_at)
+        # The provider that failed: the error code is its own, explained from its table.
         Event.create(message=message.id, kind="failover", source="dispatcher",
-                     provider=nxt if moved else message.provider, error_code=error.code,
-                     received_at=now,
+                     provider=message.provider, error_code=error.code, received_at=now,
                      detail=f"{message.provider} failed ({error.detail}); "
                             + ((f"trying {nxt}" + (f", then {rest.replace(',', ', ')}" if rest
                                                    else "")) if moved else _NOT_REQUEUED))
