@@ -305,10 +305,13 @@ def test_rate_limit_holds_across_dispatcher_processes(database_url: str, sky: Sk
     assert len(arrivals) == 24
     # 20 per second: 24 sends need at least 23 intervals of 50 ms between their starts.
     assert arrivals[-1] - arrivals[0] >= 23 * 0.05 * 0.9
-    # Slots are 50 ms apart; a send may start a little after its slot (lock, HTTP), so two
-    # can land close together, but no half-second window ever holds more than its share.
-    busiest = max(sum(1 for t in arrivals if start <= t < start + 0.5) for start in arrivals)
-    assert busiest <= 10 + 2, arrivals
+    # No send leaves before its slot, and slots are 50 ms apart; a send may still leave late
+    # (a thread woken late on a busy machine) and then lands close to the next one, so the
+    # count is taken over windows one slot short of the provider's second, as in
+    # test_dispatcher's rate test.
+    window = 1.0 - 0.05
+    busiest = max(sum(1 for t in arrivals if start <= t < start + window) for start in arrivals)
+    assert busiest <= 20, arrivals
 
 
 # -- scheduling held by the provider (Mobizon's params[deferredToTs]) -----------------------------
