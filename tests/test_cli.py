@@ -153,6 +153,18 @@ def test_dashboard_accounts_from_the_command_line(tracker: Tracker, app: Flask,
     assert "no user named 'ana'" in one_line_error(tracker("users", "delete", "ana", "--yes"))
 
 
+def test_a_password_from_a_script(tmp_path: Path) -> None:
+    """No terminal to prompt on: stdin gives it (once, or twice as at the prompt)."""
+    run = tracker_with(make_config(f"sqlite:///{tmp_path / 'x.sqlite3'}"), tmp_path)
+    assert "no password" in one_line_error(run("users", "create", "zed", input_text=""), 2)
+    differ = run("users", "create", "zed", input_text=f"{PASSWORD}\n{PASSWORD}!\n")
+    assert "differ" in one_line_error(differ, 2)
+    assert "GetPassWarning" not in differ.stderr
+    assert run("users", "create", "zed", input_text=f"{PASSWORD}\n").returncode == 0
+    changed = run("users", "set-password", "zed", input_text="another long password\n")
+    assert changed.returncode == 0 and "sessions have ended" in changed.stdout
+
+
 @pytest.mark.parametrize(("args", "option"), [
     (["callbacks", "replay", "--since", "nonsense"], "--since"),
     (["callbacks", "replay", "--since", ""], "--since"),

@@ -421,7 +421,16 @@ _NEW_LOGIN_HELP = ("The password, at least 10 characters. Default: TRACKER_NEW_P
 def _password(given: str | None) -> str:
     if given is not None:
         return given
-    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if sys.stdin.isatty():
+        return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    # A script: the password on stdin, once or twice (as typed at the prompt), read without
+    # getpass, which would warn that it cannot hide what it reads.
+    lines = sys.stdin.read().splitlines()[:2]
+    if not lines or not lines[0]:
+        raise click.UsageError("no password: set TRACKER_NEW_PASSWORD or give it on stdin")
+    if len(lines) == 2 and lines[1] != lines[0]:
+        raise click.UsageError("the two passwords given on stdin differ")
+    return lines[0]
 
 
 @users.command("create")
