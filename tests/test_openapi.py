@@ -20,7 +20,7 @@ from servers import ROOT, TrackerServer, wait_until
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from tracker import create_app
-from tracker.web.api import OPENAPI_PATH
+from tracker.web.api import KEY_FAILURE_WINDOW, KEY_FAILURES_ALLOWED, OPENAPI_PATH
 
 SHIPPED = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
 
@@ -58,6 +58,12 @@ def test_every_field_error_of_sending_is_a_documented_code() -> None:
     assert fields == set(error["field"]["enum"]) - {None}
     request_fields = set(SHIPPED["components"]["schemas"]["SendRequest"]["properties"])
     assert fields == request_fields
+
+
+def test_the_documented_throttle_is_the_codes() -> None:
+    described = SHIPPED["components"]["responses"]["TooManyRequests"]["description"]
+    minutes = int(KEY_FAILURE_WINDOW.total_seconds() // 60)
+    assert f"({KEY_FAILURES_ALLOWED} in {minutes} minutes)" in described
 
 
 # -- real answers --------------------------------------------------------------------------------
