@@ -99,6 +99,8 @@ US = "+15551234888"
      "client_ref must be a string of at most 64 characters"),
     ({"to": US, "text": "hi", "client_ref": ["order-42"]}, "client_ref",
      "client_ref must be a string of at most 64 characters"),
+    ({"to": US, "text": "hi", "status_callback": "ftp://example.com/hook"}, "status_callback",
+     "status_callback must be an http:// or https:// URL with a host"),
     ({"to": US, "text": "hi", "send_at": 1767258000}, "send_at",
      "send_at must be an ISO 8601 string"),
     ({"to": US, "text": "hi", "send_at": "tomorrow"}, "send_at",
@@ -122,19 +124,23 @@ def test_a_refusal_names_the_field_and_says_what_to_fix(client, api_key, body, f
 
 def test_the_limits_themselves_are_accepted_and_stored_as_sent(client, api_key) -> None:
     text, sender, ref = "a" * 1600, "S" * 32, "r" * 64
-    response = post(client, api_key, to=US, text=text, **{"from": sender}, client_ref=ref)
+    hook = "https://example.com/hooks/sms?order=42"
+    response = post(client, api_key, to=US, text=text, **{"from": sender}, client_ref=ref,
+                    status_callback=hook)
     assert response.status_code == 202, response.json
     body = response.json
-    assert (body["text"], body["from"], body["client_ref"]) == (text, sender, ref)
+    assert (body["text"], body["from"], body["client_ref"], body["status_callback"]) == (
+        text, sender, ref, hook)
     assert (body["encoding"], body["segments"]) == ("GSM-7", 11)
 
 
 def test_empty_optional_fields_count_as_absent(client, api_key) -> None:
     response = post(client, api_key, to=US, text="hi", provider="", client_ref="", send_at="",
-                    **{"from": ""})
+                    status_callback="", **{"from": ""})
     assert response.status_code == 202, response.json
     body = response.json
-    assert (body["from"], body["client_ref"], body["send_at"]) == (None, None, None)
+    assert (body["from"], body["client_ref"], body["send_at"], body["status_callback"]) == (
+        None, None, None, None)
     assert (body["status"], body["provider"], body["failover"]) == (
         "queued", "skycore", ["mobizon", "fake"])
 
