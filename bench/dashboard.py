@@ -467,8 +467,7 @@ def measure(url: str, reps: int) -> list[dict[str, Any]]:
                 flt = filters[name]
                 base = reporting.base_where(flt, "")  # as the view does
                 listed = reporting.list_messages(flt, "", where=base.status(flt.status))
-                counted = reporting.matching(reporting.page_status_counts(flt, base, listed),
-                                             flt.status)
+                counted = reporting.page_status_counts(flt, base, listed).of(flt.status)
                 if rep >= 5:
                     query_ms[name].append((time.perf_counter() - t0) * 1000)
                 last[name] = (last[name], listed, counted)

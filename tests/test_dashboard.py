@@ -358,26 +358,27 @@ def test_status_counts_are_exact_up_to_the_cap(app) -> None:
         add(n, status="failed" if n <= 3 else "delivered", to="+77011234567")
     plain = reporting.base_where(reporting.MessageFilter())
     counts = reporting.status_counts(plain, cap=5)
-    assert list(counts) == [s.value for s in Status]  # every status, in the enum's order
-    assert counts["failed"] == reporting.MatchCount(3, False, 5)
-    assert counts["delivered"] == reporting.MatchCount(4, False, 5)
-    assert counts["queued"] == reporting.MatchCount(0, False, 5)
-    assert reporting.matching(counts) == reporting.MatchCount(7, False, 5)  # exact past cap
-    assert reporting.matching(counts, "failed").n == 3
+    assert list(counts.by_status) == [s.value for s in Status]  # every status, enum order
+    assert counts.of("failed") == reporting.MatchCount(3, False, 5)
+    assert counts.of("delivered") == reporting.MatchCount(4, False, 5)
+    assert counts.of("queued") == reporting.MatchCount(0, False, 5)
+    assert counts.total == counts.of("") == reporting.MatchCount(7, False, 5)  # a sum: exact
+    assert counts.sample is None
     capped = reporting.status_counts(plain, cap=3)
-    assert capped["delivered"] == reporting.MatchCount(3, True, 3)
-    assert capped["delivered"].figure == "3+" and capped["failed"].figure == "3"
-    assert reporting.matching(capped) == reporting.MatchCount(3, True, 3)
-    # A search groups its newest cap + 1 matches once: exact when that is all of them...
+    assert capped.of("delivered") == reporting.MatchCount(3, True, 3)
+    assert capped.of("delivered").figure == "3+" and capped.of("failed").figure == "3"
+    assert capped.total == reporting.MatchCount(3, True, 3)
+    # A search's matches grouped by status: exact when they are no more than the cap...
     searched = reporting.base_where(reporting.MessageFilter(q="+77011234567"))
-    assert reporting.status_counts(searched, cap=7)["delivered"] == reporting.MatchCount(
-        4, False, 7)
-    # ... else each count is a floor among the newest, and the status the list shows is
-    # counted apart (the newest 3 are delivered: failed is not among them).
-    floors = reporting.status_counts(searched, cap=2, status="failed")
-    assert floors["delivered"] == reporting.MatchCount(3, True, 2)  # at least 3 ("3+")
-    assert floors["failed"] == reporting.MatchCount(2, True, 2)
-    assert reporting.matching(floors).figure == "2+"
+    exact = reporting.status_counts(searched, cap=7)
+    assert exact.of("delivered") == reporting.MatchCount(4, False, 7) and exact.sample is None
+    # ... else counted among the newest (floors), but for the status the list is narrowed to,
+    # counted as the list's count is (the newest 3 are delivered: no failed among them).
+    floors = reporting.status_counts(searched, cap=5, status="failed", sample=3)
+    assert floors.sample == 3 and floors.total == reporting.MatchCount(5, True, 5)
+    assert floors.of("delivered") == reporting.MatchCount(3, True, 5)  # "3+"
+    assert floors.of("failed") == reporting.MatchCount(3, False, 5)
+    assert floors.of("queued").figure == "0+"
 
 
 def test_status_links_count_each_status_and_keep_the_other_filters(client, staff) -> None:
@@ -436,6 +437,10 @@ def test_past_the_cap_the_place_and_the_total_say_so(app, client, staff) -> None
     assert f"1,001{DASH}1,050 of 1,000+ messages" in deep  # the 1,000 newer ones, counted
     deeper = client.get(f"/messages?before={ids[1005]}").get_data(as_text=True)
     assert "50 older than the newest 1,000 of 1,000+ messages" in deeper
+    # A search past the cap counts its statuses among its newest matches, and says so.
+    searched = client.get("/messages?q=1230000").get_data(as_text=True)
+    assert "delivered <b>200+</b>" in searched and "per status: among the newest 200" in searched
+    assert f"1{DASH}50 of 1,000+ messages matching" in searched
 
 
 def test_a_row_shows_the_first_words_and_when_its_status_changed(app, client, staff) -> None:

@@ -393,40 +393,64 @@ def count_sql(where: Where, cap: int = COUNT_CAP) -> tuple[str, list[Any]]:
             f" LIMIT {db.obj.param}) AS capped", [*where.params, cap + 1])
 
 
+# A search with more than COUNT_CAP matches has its statuses counted among its newest this many:
+# on SQLite each one costs a table row (a search's index has no status, or every receipt would
+# rewrite it), and 1,000 of them were a third of the list's 5 ms for a QA number.
+SEARCH_SAMPLE = 200
+
+
+@dataclass(frozen=True)
+class StatusCounts:
+    """How many messages of each status a filter (its status aside) matches, and of all.
+
+    `sample`: when set, each status was counted among the newest `sample` matches only (a big
+    search): its figure is a floor, "160+". The status the list is narrowed to is always
+    counted as the list's own count is."""
+
+    by_status: dict[str, MatchCount]  # every status, in the order of the Status enum
+    total: MatchCount
+    sample: int | None = None
+
+    def of(self, status: str = "") -> MatchCount:
+        """The count of one status, or of all when `status` is empty (or not a status)."""
+        return self.by_status.get(status, self.total)
+
+
 def status_counts(base: Where, cap: int = COUNT_CAP, status: str = "",
-                  known: int | None = None) -> dict[str, MatchCount]:
-    """How many messages of each status match `base` (a filter without its status: base_where),
-    in the order of the Status enum. `status`: the one the list is narrowed to, always counted;
-    `known`: its count when the caller has it (a first page with room to spare holds all).
+                  known: int | None = None, sample: int = SEARCH_SAMPLE) -> StatusCounts:
+    """How many messages of each status match `base` (a filter without its status: base_where).
+    `status`: the one the list is narrowed to, always counted exactly up to `cap`; `known`: its
+    count when the caller has it (a first page with room to spare holds all).
 
     Without a search, each status is counted apart, exact up to `cap` (count_sql), in one
     statement: every filter shape has an index led by status (0001, 0003), so each count reads
     at most cap + 1 index entries. A search has no such index (its own is read in created_at
     order, and a status index would be rewritten by every receipt): counting each status apart
-    would read every match once per status, 33,000 rows for a QA number with 3,000 messages. So
-    its first cap + 1 matches, the newest, are grouped by status once: all of them when there
-    are no more (every count exact), else each count is a floor (`capped`, n below the cap:
-    "795+"), and the status the list is narrowed to is counted apart, as the list's own count."""
+    would read every match once per status, 33,000 rows for a QA number with 3,000 messages.
+    So a search is counted once in its own index (cap + 1 entries at most), and its matches are
+    grouped by status: all of them when they are no more than `cap` (every count exact), else
+    the newest `sample` (floors)."""
     given = {status: known} if status in _STATUSES and known is not None else {}
     if not base.searching:
         todo = [s.value for s in Status if s.value not in given]
-        return _capped({**_each_capped(base, todo, cap), **given}, cap)
-    seen, complete = _grouped(base, cap)
-    if complete:
-        return _capped(seen, cap)
+        return _summed(_capped({**_each_capped(base, todo, cap), **given}, cap), cap)
+    total = db.obj.execute_sql(*count_sql(base, cap)).fetchone()[0]
+    if total <= cap:
+        return _summed(_capped(_grouped(base, total) if total else {}, cap), cap)
+    seen = _grouped(base, sample)
     floors = {s.value: MatchCount(seen.get(s.value, 0), True, cap) for s in Status}
     if status in floors:
         floors[status] = _capped(given or _each_capped(base, [status], cap), cap)[status]
-    return floors
+    return StatusCounts(floors, MatchCount(cap, True, cap), sample)
 
 
 def page_status_counts(f: MessageFilter, base: Where, page: Page,
-                       cap: int = COUNT_CAP) -> dict[str, MatchCount]:
+                       cap: int = COUNT_CAP) -> StatusCounts:
     """status_counts for the list's page of `f`: a first page with room to spare holds every
     match of its filter, so what it holds is counted without asking the database again."""
     whole = not (f.before or f.after) and len(page.rows) < PAGE_SIZE
     if whole and not f.status:
-        return _capped(collections.Counter(row.status for row in page.rows), cap)
+        return _summed(_capped(collections.Counter(row.status for row in page.rows), cap), cap)
     return status_counts(base, cap, f.status, known=len(page.rows) if whole else None)
 
 
@@ -435,19 +459,25 @@ def _capped(numbers: dict[str, int], cap: int) -> dict[str, MatchCount]:
                                 cap) for s in Status}
 
 
-def _grouped(base: Where, limit: int) -> tuple[dict[str, int], bool]:
-    """Statuses of the first `limit` matches, and whether those were all of them."""
-    rows = db.obj.execute_sql(*grouped_sql(base, limit)).fetchall()
-    counted = {status: n for status, n in rows}
-    return counted, sum(counted.values()) <= limit
+def _summed(by_status: dict[str, MatchCount], cap: int) -> StatusCounts:
+    """With the total: the sum, exact when every status is (even past the cap), else a floor."""
+    total = sum(c.n for c in by_status.values())
+    if any(c.capped for c in by_status.values()):
+        return StatusCounts(by_status, MatchCount(min(total, cap), True, cap))
+    return StatusCounts(by_status, MatchCount(total, False, cap))
 
 
-def grouped_sql(base: Where, limit: int = COUNT_CAP) -> tuple[str, list[Any]]:
-    """The statuses of a filter's newest `limit` + 1 matches, counted (the search's index read
+def _grouped(base: Where, limit: int) -> dict[str, int]:
+    """Statuses of the newest `limit` matches, counted."""
+    return dict(db.obj.execute_sql(*grouped_sql(base, limit)).fetchall())
+
+
+def grouped_sql(base: Where, limit: int = SEARCH_SAMPLE) -> tuple[str, list[Any]]:
+    """The statuses of a filter's newest `limit` matches, counted (the search's index read
     backwards, as the list reads it)."""
     return (f"SELECT status, COUNT(1) FROM (SELECT status FROM message{base.clause()}"  # noqa: S608
             f" ORDER BY created_at DESC LIMIT {db.obj.param}) AS scanned GROUP BY status",
-            [*base.params, limit + 1])
+            [*base.params, limit])
 
 
 def _each_capped(base: Where, statuses: list[str], cap: int) -> dict[str, int]:
@@ -467,18 +497,6 @@ def each_capped_sql(base: Where, statuses: list[str], cap: int = COUNT_CAP
         parts.append(f"({sql}) AS c{i}")
         params += values
     return "SELECT " + ", ".join(parts), params
-
-
-def matching(counts: dict[str, MatchCount], status: str = "") -> MatchCount:
-    """How many messages the filter matches, from its status counts: the one status's, or the
-    sum (exact when every status is; else at least the cap)."""
-    if status in counts:
-        return counts[status]
-    cap = next(iter(counts.values())).cap
-    total = sum(c.n for c in counts.values())
-    if any(c.capped for c in counts.values()):
-        return MatchCount(min(total, cap), True, cap)
-    return MatchCount(total, False, cap)
 
 
 def position(where: Where, page: Page, cap: int = COUNT_CAP) -> int | None:
