@@ -11,10 +11,13 @@ wrk posts Skycore postbacks as in bench/ingest.py. Three phases, one gunicorn:
   2. deleting: the retention job (tracker.jobs.apply_retention, in a process of its own as in the
                worker, retention_days callbacks = 30 and messages = 30) deletes every old row
                in its batches while wrk runs, in --duration windows, until the job is done;
+               after every --alone-every windows, one window with the job held still between
+               two batches: ingest alone under the same conditions, the reference;
   3. alone:    wrk again (so drift over the run shows, and the reference is their mean).
 
-It prints callbacks/s of each phase, the cost of the deletes (phase 2 against the mean of 1 and
-3; goal: under 10 %), rows deleted per second, and checks that every old row is gone and every
+It prints callbacks/s of each phase, the cost of the deletes (the deleting windows against the
+held-still ones; goal: under 10 %: this machine drifts too much over minutes for phases 1 and 3
+alone to be the reference), rows deleted per second, and checks that every old row is gone and every
 callback acknowledged is stored.
 
     .venv/bin/python bench/retention.py                      # both databases, 1,000,000 rows
@@ -115,19 +118,37 @@ def wrk_window(procs: Processes, url: str, seconds: float, args: argparse.Namesp
     return ingest.run_wrk(procs, url, seconds, args, latency=True)
 
 
+def alone_window(procs: Processes, url: str, args: argparse.Namespace,
+                 purge: subprocess.Popen[bytes], pause: Path) -> WrkResult:
+    """A window with the retention job held still between two batches."""
+    pause.touch()
+    held = pause.with_suffix(".held")
+    while purge.poll() is None and not held.exists():
+        time.sleep(0.02)
+    try:
+        return wrk_window(procs, url, args.duration, args)
+    finally:
+        pause.unlink()
+
+
 def combined(results: list[WrkResult]) -> dict[str, Any]:
     ok = sum(r.ok for r in results)
     seconds = sum(r.seconds for r in results)
     return {"ok": ok, "seconds": round(seconds, 2), "ok_per_s": round(ok / seconds, 1),
             "p99_ms": max(r.raw["p99_us"] for r in results) / 1000,
             "p50_ms": sorted(r.raw["p50_us"] for r in results)[len(results) // 2] / 1000,
-            "errors": sum(r.non_2xx + r.socket_errors for r in results)}
+            "errors": sum(r.non_2xx + r.socket_errors for r in results),
+            "non_2xx": sum(r.non_2xx for r in results),
+            "socket_errors": sum(r.socket_errors for r in results), "windows": len(results)}
 
 
-def start_purge(procs: Processes, env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
-    """The retention job as the worker runs it, in a process of its own."""
+def start_purge(procs: Processes, env: dict[str, str], out: Path, pause: Path
+                ) -> subprocess.Popen[bytes]:
+    """The retention job as the worker runs it, in a process of its own; while `pause`
+    exists it holds still between two batches."""
     env = dict(env, TRACKER_RETENTION_DAYS__CALLBACKS=RETENTION_DAYS,
-               TRACKER_RETENTION_DAYS__MESSAGES=RETENTION_DAYS)
+               TRACKER_RETENTION_DAYS__MESSAGES=RETENTION_DAYS,
+               RETENTION_BENCH_PAUSE=str(pause))
     with open(out, "wb") as fh:
         return procs.start([sys.executable, __file__, "--purge"], env=env, cwd=ROOT,
                            stdout=fh, stderr=subprocess.STDOUT)
@@ -138,11 +159,28 @@ def purge_main() -> int:
     from tracker import create_app, jobs
 
     app = create_app()
+    pause = Path(os.environ["RETENTION_BENCH_PAUSE"])
+    held = pause.with_suffix(".held")
+    paused = 0.0
+
+    def between_batches(seconds: float) -> bool:
+        """The job's own pause; then, while the bench measures ingest alone, hold still."""
+        nonlocal paused
+        time.sleep(seconds)
+        since = time.monotonic()
+        while pause.exists():
+            held.touch()
+            time.sleep(0.02)
+        held.unlink(missing_ok=True)
+        paused += time.monotonic() - since
+        return False
+
     print("PURGE_START", flush=True)  # the bench starts its windows now, not at our start-up
     started = time.monotonic()
-    deleted = jobs.apply_retention(app)
-    print("PURGE_JSON " + json.dumps({"deleted": deleted,
-                                      "seconds": round(time.monotonic() - started, 2)}))
+    deleted = jobs.apply_retention(app, stop=between_batches)
+    print("PURGE_JSON " + json.dumps({
+        "deleted": deleted, "seconds": round(time.monotonic() - started - paused, 2),
+        "held_seconds": round(paused, 2)}))
     return 0
 
 
@@ -187,13 +225,19 @@ def run_phases(procs: Processes, tmp: Path, target: Target, env: dict[str, str],
         before = [wrk_window(procs, url, args.duration, args) for _ in range(args.alone_windows)]
         print("  phase 2: deleting", flush=True)
         purge_log = tmp / f"purge-{target.kind}.log"
-        purge = start_purge(procs, env, purge_log)
+        pause = tmp / f"pause-{target.kind}"
+        purge = start_purge(procs, env, purge_log, pause)
         while purge.poll() is None and "PURGE_START" not in purge_log.read_text(errors="replace"):
             time.sleep(0.05)
         started = time.monotonic()
         during: list[WrkResult] = []
+        between: list[WrkResult] = []  # the job held still: alone, under the same conditions
         while purge.poll() is None:
-            during.append(wrk_window(procs, url, args.duration, args))
+            if args.alone_every and len(during) % args.alone_every == 0 and during \
+                    and len(between) < len(during) // args.alone_every:
+                between.append(alone_window(procs, url, args, purge, pause))
+            else:
+                during.append(wrk_window(procs, url, args.duration, args))
         purge_seconds = time.monotonic() - started
         procs.live.remove(purge)
         purged = purge_log.read_text(errors="replace")
@@ -204,15 +248,21 @@ def run_phases(procs: Processes, tmp: Path, target: Target, env: dict[str, str],
         after = [wrk_window(procs, url, args.duration, args) for _ in range(args.alone_windows)]
     finally:
         procs.stop(server)
-    ok = sum(r.ok for r in [*before, *during, *after])
+    ok = sum(r.ok for r in [*before, *during, *between, *after])
     stored = target.query("SELECT count(*) FROM callback WHERE id > ?", (last_id,))[0][0]
     left = old_left(target)
-    alone = (combined(before)["ok_per_s"] + combined(after)["ok_per_s"]) / 2
+    # The reference: the windows with the job held still, between the deleting ones (the same
+    # machine conditions); without them, the mean of before and after.
+    alone = (combined(between)["ok_per_s"] if between
+             else (combined(before)["ok_per_s"] + combined(after)["ok_per_s"]) / 2)
     row = {"db": target.kind, "old_rows": old, "before": combined(before),
-           "during": combined(during), "after": combined(after), "alone_ok_per_s": alone,
+           "during": combined(during), "between": combined(between) if between else None,
+           "after": combined(after), "alone_ok_per_s": alone,
+           "gunicorn_log": ingest.log_findings(log_path),
            "job": job, "purge_wall_seconds": round(purge_seconds, 1),
            "old_left": left, "rows_gone": old - sum(left.values()), "acknowledged": ok,
-           "stored": stored, "windows": len(before) + len(during) + len(after),
+           "stored": stored,
+           "windows": len(before) + len(during) + len(between) + len(after),
            "connections": args.connections}
     row["cost"] = round(1 - row["during"]["ok_per_s"] / alone, 4) if alone else None
     return row
@@ -227,15 +277,22 @@ def report(row: dict[str, Any]) -> None:
     print(f"  {'phase':<22} {'callbacks/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}"
           f" {'seconds':>8}")
     for name, key in (("1 alone", "before"), ("2 while deleting", "during"),
-                      ("3 alone again", "after")):
+                      ("2 job held still", "between"), ("3 alone again", "after")):
         part = row[key]
+        if part is None:
+            continue
         print(f"  {name:<22} {part['ok_per_s']:>11.0f} {part['p50_ms']:>7.1f}"
               f" {part['p99_ms']:>7.1f} {part['errors']:>6} {part['seconds']:>8.1f}")
     cost, job = row["cost"], row["job"]
     verdict = "PASS" if cost is not None and cost < GOAL and not row["during"]["errors"] \
         else "FAIL"
+    reference = ("the windows with the job held still" if row["between"]
+                 else "mean of phases 1 and 3")
     print(f"  cost of the deletes: {cost * 100:+.1f} % of {row['alone_ok_per_s']:.0f}/s "
-          f"(mean of phases 1 and 3)  {verdict}")
+          f"({reference})  {verdict}")
+    during = row["during"]
+    print(f"  errors while deleting: {during['non_2xx']} non-2xx, {during['socket_errors']}"
+          f" socket errors (wrk); gunicorn log: {row['gunicorn_log']}")
     rate = row["rows_gone"] / job["seconds"] if job["seconds"] else 0.0
     print(f"  retention job: {row['rows_gone']:,} rows gone ({job['deleted']:,} deleted, their"
           f" events with the messages) in {job['seconds']:.1f} s ({rate:,.0f} rows/s, batches of"
@@ -262,6 +319,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="warm-up seconds")
     parser.add_argument("--alone-windows", type=int, default=3,
                         help="wrk windows before and after the deletes (phases 1 and 3)")
+    parser.add_argument("--alone-every", type=int, default=2,
+                        help="during the deletes, after every N windows one with the job held"
+                             " still between two batches: the reference (0: none)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--workers", type=int, default=ingest.default_web("web_workers"))
