@@ -26,7 +26,7 @@ def add(ref: str, to: str, status: str = "delivered", client_ref: str | None = N
 
 @pytest.fixture
 def numbers(app) -> None:
-    """Five numbers in four countries; four end in 0119, two in the same ten digits."""
+    """Seven numbers in five countries; four end in 0119, two in the same ten digits."""
     add("kz-1", "+77015550119")
     add("kz-2", "+77015550119", status="failed")
     add("uk", "+447700900119")
@@ -34,6 +34,7 @@ def numbers(app) -> None:
     add("us", "+17015550119")  # the Kazakh number's national digits, in North America
     add("kz-other", "+77019990000")
     add("ref", "+4915100000000", client_ref="5550119")  # digits that are also a client_ref
+    add("ar", "+5491123456789")  # Buenos Aires mobile: written 11 15 2345-6789 at home
 
 
 @pytest.mark.parametrize(("q", "region", "expected"), [
@@ -48,6 +49,10 @@ def numbers(app) -> None:
     ("0151-1234-0119", "", {"de"}),
     ("87015550119", "KZ", {"kz-1", "kz-2"}),  # with default_region: the whole number, exactly
     ("7015550119", "KZ", {"kz-1", "kz-2"}),
+    ("8 10 7 701 555 01 19", "RU", {"kz-1", "kz-2"}),  # Russia's 810 international prefix
+    # National rules that move digits (Argentina's mobile 15 becomes 9 before the area code):
+    # the whole number is found; the same digits read as an end of a number find nothing.
+    ("11 15 2345-6789", "AR", {"ar"}),
     ("+7 701 555 01 19", "", {"kz-1", "kz-2"}),  # international: the whole number only
     ("0044 7700 900119", "", {"uk"}),
     ("77015550119", "", {"kz-1", "kz-2"}),  # international digits without "+"

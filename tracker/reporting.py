@@ -362,7 +362,7 @@ COUNT_CAP = 1_000
 @dataclass(frozen=True)
 class MatchCount:
     """How many messages match a filter: exactly `n`, or, `capped`, at least `n` (counting
-    stopped: at `cap`, or for a search's status counts, among its newest `cap` matches)."""
+    stopped: at `cap`, or, for a big search's statuses, among its newest matches)."""
 
     n: int
     capped: bool
@@ -598,8 +598,8 @@ def _search_where(q: str, default_region: str) -> tuple[str, list[Any]]:
     found = db.obj.execute_sql(f"SELECT {probe}",
                                [v for _, values in candidates for v in values]).fetchone()
     hits = [c for c, hit in zip(candidates, found, strict=True) if hit]
-    if number and suffix and found[0]:
-        hits.remove(candidates[1])
+    if number and suffix and found[0]:  # [0] the whole number, [1] the same digits as an end
+        hits = [c for c in hits if c is not candidates[1]]
     if not hits:
         return "1 = 0", []  # nothing holds it: a constant the planner answers at once
     return ("(" + " OR ".join(f"({term})" for term, _ in hits) + ")",

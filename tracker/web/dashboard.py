@@ -114,7 +114,7 @@ def messages() -> Any:
     page = reporting.list_messages(flt, region, where=where)
     counts = reporting.page_status_counts(flt, base, page)
     return render_template(
-        "dashboard/messages.html", page=page, rows=page.rows, flt=flt, counts=counts,
+        "dashboard/messages.html", page=page, rows=page.rows, flt=flt,
         shown=shown_rows(page.rows, _masked()),
         count=counts.of(flt.status), tabs=_status_tabs(flt, counts), sample=counts.sample,
         start=_start(flt, page, where), statuses=[s.value for s in Status],
