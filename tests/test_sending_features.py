@@ -270,9 +270,14 @@ def test_expiry_is_inferred_and_a_late_final_receipt_overrides_it(app: Flask,
 # -- the rate limit, shared by dispatcher processes ------------------------------------------------
 
 
+# Slots 125 ms apart: a send woken late on a busy machine (tens of ms) stays short of the next
+# slot. 16 sends fit the dispatchers' slot wait (MAX_SLOT_WAIT), 10 claimed by one, 6 by the other.
+RATE, SENDS = 8.0, 16
+
+
 def _dispatch_rate_limited(database_url: str, sky_url: str, mob_url: str, barrier: Any) -> None:
     app = build_app(_config(database_url, _Url(sky_url), _Url(mob_url),
-                            rate_limit_per_second=20.0))
+                            rate_limit_per_second=RATE))
     barrier.wait(timeout=60)
     with app.app_context(), db.connection_context():
         while dispatch(app):
@@ -288,9 +293,9 @@ class _Url:
 
 def test_rate_limit_holds_across_dispatcher_processes(database_url: str, sky: SkycoreStandIn,
                                                       mob: MobizonStandIn) -> None:
-    app = build_app(_config(database_url, sky, mob, rate_limit_per_second=20.0))
+    app = build_app(_config(database_url, sky, mob, rate_limit_per_second=RATE))
     with app.app_context(), db.connection_context():
-        for i in range(24):
+        for i in range(SENDS):
             send(app, to=f"+1555123{i:04d}")
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
@@ -302,16 +307,15 @@ def test_rate_limit_holds_across_dispatcher_processes(database_url: str, sky: Sk
         p.join(timeout=90)
     assert [p.exitcode for p in procs] == [0, 0]
     arrivals = sorted(r.received_at for r in sky.requests)
-    assert len(arrivals) == 24
-    # 20 per second: 24 sends need at least 23 intervals of 50 ms between their starts.
-    assert arrivals[-1] - arrivals[0] >= 23 * 0.05 * 0.9
-    # No send leaves before its slot, and slots are 50 ms apart; a send may still leave late
-    # (a thread woken late on a busy machine) and then lands close to the next one, so the
+    assert len(arrivals) == SENDS
+    # RATE per second: the sends need at least SENDS - 1 intervals between their starts.
+    assert arrivals[-1] - arrivals[0] >= (SENDS - 1) / RATE * 0.9
+    # No send leaves before its slot; one may leave late and land closer to the next, so the
     # count is taken over windows one slot short of the provider's second, as in
     # test_dispatcher's rate test.
-    window = 1.0 - 0.05
+    window = 1.0 - 1.0 / RATE
     busiest = max(sum(1 for t in arrivals if start <= t < start + window) for start in arrivals)
-    assert busiest <= 20, arrivals
+    assert busiest <= RATE, arrivals
 
 
 # -- scheduling held by the provider (Mobizon's params[deferredToTs]) -----------------------------
