@@ -50,17 +50,31 @@ def webhooks_group() -> None:
 def add(url: str, key_name: str, events: str) -> None:
     """Send the status changes of KEY's messages to URL; prints the key's signing secret on
     the last line."""
-    with _database():
+    with _database() as app:
         key = find_key(key_name)
         try:
             endpoint = webhooks.add_endpoint(key, url, events or None)
         except webhooks.WebhookRefused as exc:
             raise click.UsageError(f"{url}: {exc}") from exc
         secret = ApiKey.get_by_id(key.id).webhook_secret
+        _warn_if_unreachable(endpoint.url, app.config["TRACKER"]["webhooks_allow_private"])
     click.echo(f"endpoint {endpoint.id}: {endpoint.url} receives "
                f"{(endpoint.events or 'every event').replace(',', ', ')} of key {key_name!r}")
     click.echo("signing secret (verify the webhook-signature header with it):")
     click.echo(secret)
+
+
+def _warn_if_unreachable(url: str, allow_private: bool) -> None:
+    """Say now what each try would say later: the worker refuses private addresses."""
+    from urllib.parse import urlsplit
+
+    from .webhook_sender import AddressRefused, public_address
+
+    parts = urlsplit(url)
+    try:
+        public_address(parts.hostname or "", parts.port or 443, allow_private=allow_private)
+    except AddressRefused as exc:
+        click.echo(f"warning: deliveries will fail until this changes: {exc}", err=True)
 
 
 @webhooks_group.command("list")
