@@ -65,6 +65,7 @@ class Try:
 
     @property
     def ok(self) -> bool:
+        """A 2xx answer: delivered."""
         return self.status_code is not None and 200 <= self.status_code < 300
 
 

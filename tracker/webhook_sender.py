@@ -163,6 +163,7 @@ class Sender:
         self.delivered = 0
 
     def close(self) -> None:
+        """Wait for the send threads, then close the HTTP client."""
         self.pool.shutdown(wait=True)
         self.client.close()
 
