@@ -395,6 +395,19 @@ def test_an_answer_that_cannot_be_read_leaves_the_message_unknown_and_says_why(
     assert dispatch(app) == 0 and len(sky.requests) == 1
 
 
+def test_an_accepted_send_without_an_id_is_unknown_and_staff_see_what_the_code_means(
+        app, client, api_key, mob) -> None:
+    mob.script(MobizonReply.raw(b'{"code": 100, "data": {}, "message": ""}'))
+    ident = post(client, api_key, to=US, text="no id", provider="mobizon").json["id"]
+    assert dispatch(app) == 1
+    body = read(client, api_key, ident)
+    assert (body["status"], body["error_code"]) == ("unknown", "100")
+    assert event_fields(body["events"][-1]) == ("send_unknown", "dispatcher", "unknown", True,
+                                                "100")
+    # Mobizon's code 100: it took the message as a background task, without an id to track.
+    assert "queued as a background task" in staff_page(app, f"/messages/{ident}")
+
+
 def _started(owner: str, provider: str = "skycore", text: str = "lost") -> Message:
     """A message whose send `owner` started (and then, say, died)."""
     sending.enqueue(sending.NewMessage(to=US, text=text, provider=provider), source="test")
