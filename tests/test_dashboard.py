@@ -476,3 +476,18 @@ def test_an_unknown_provider_is_a_filter_problem(client, staff) -> None:
     assert page.status_code == 400
     assert "provider: 'nobody' is not a provider" in unescape(page.get_data(as_text=True))
     assert client.get("/messages?provider=mobizon").status_code == 200  # known, not configured
+
+
+def test_a_big_search_narrowed_by_provider_counts_in_one_pass(app) -> None:
+    """A search with a provider filter reads each match's row anyway: its statuses are grouped
+    in the same pass, exact up to the cap, floors past it."""
+    for n in range(1, 8):
+        add(n, status="failed" if n <= 3 else "delivered", to="+77011234567",
+            provider="mobizon" if n % 2 else "skycore")
+    flt = reporting.MessageFilter(q="0 1234567", provider="mobizon")  # 1, 3, 5, 7
+    counts = reporting.status_counts(reporting.base_where(flt), cap=5)
+    assert counts.total == reporting.MatchCount(4, False, 5) and counts.sample is None
+    assert (counts.of("failed").n, counts.of("delivered").n) == (2, 2)
+    floors = reporting.status_counts(reporting.base_where(flt), cap=3)
+    assert floors.total == reporting.MatchCount(3, True, 3) and floors.sample == 4
+    assert floors.of("delivered").figure == "2+" and floors.of("failed").figure == "2+"

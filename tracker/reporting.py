@@ -259,6 +259,7 @@ class Where:
     terms: tuple[str, ...] = ()
     params: tuple[Any, ...] = ()
     searching: bool = False  # a search term leads: the other columns are kept off their indexes
+    checked: bool = False  # equality on a column the search's index lacks (read from each row)
 
     def clause(self, *extra: str) -> str:
         """` WHERE a AND b ...`, or nothing."""
@@ -269,7 +270,7 @@ class Where:
         """These terms and `column = value` (see filter_where for the "+" a search puts on it)."""
         prefix = "+" if self.searching and is_sqlite() else ""
         return replace(self, terms=(*self.terms, f"{prefix}{column} = {db.obj.param}"),
-                       params=(*self.params, value))
+                       params=(*self.params, value), checked=True)
 
     def status(self, status: str) -> Where:
         """Narrowed to one status; an empty or unknown one leaves it as it is (the page reports
@@ -429,15 +430,20 @@ def status_counts(base: Where, cap: int = COUNT_CAP, status: str = "",
     would read every match once per status, 33,000 rows for a QA number with 3,000 messages.
     So a search is counted once in its own index (cap + 1 entries at most), and its matches are
     grouped by status: all of them when they are no more than `cap` (every count exact), else
-    the newest `sample` (floors)."""
+    the newest `sample` (floors). A search narrowed by provider or error code reads each row
+    anyway (SQLite), so there one pass groups up to cap + 1 matches."""
     given = {status: known} if status in _STATUSES and known is not None else {}
     if not base.searching:
         todo = [s.value for s in Status if s.value not in given]
         return _summed(_capped({**_each_capped(base, todo, cap), **given}, cap), cap)
-    total = db.obj.execute_sql(*count_sql(base, cap)).fetchone()[0]
+    if base.checked:  # each row is read anyway: one pass over up to cap + 1 matches
+        seen = _grouped(base, cap + 1)
+        total, sample = sum(seen.values()), cap + 1
+    else:  # the count reads the search's index alone; rows are read for the statuses only
+        total = db.obj.execute_sql(*count_sql(base, cap)).fetchone()[0]
+        seen = _grouped(base, total if total <= cap else sample) if total else {}
     if total <= cap:
-        return _summed(_capped(_grouped(base, total) if total else {}, cap), cap)
-    seen = _grouped(base, sample)
+        return _summed(_capped(seen, cap), cap)
     floors = {s.value: MatchCount(seen.get(s.value, 0), True, cap) for s in Status}
     if status in floors:
         floors[status] = _capped(given or _each_capped(base, [status], cap), cap)[status]
