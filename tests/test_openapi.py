@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from openapi_core.datatypes import RequestParameters
 from openapi_spec_validator import validate as validate_spec
 from opsserver import serve_on
 from servers import ROOT, TrackerServer, wait_until
+from webhook_receiver import Received, Receiver
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from tracker import create_app
@@ -122,6 +124,27 @@ class HttpxResponse:
         return self.response.content
 
 
+@dataclass
+class ReceivedWebhook:
+    """A status webhook the tracker sent, as openapi-core reads a webhook request."""
+
+    received: Received
+    name: str = "messageStatus"
+    method: str = "post"
+
+    def __post_init__(self) -> None:
+        self.parameters = RequestParameters(header=Headers(list(self.received.headers.items())))
+
+    @property
+    def body(self) -> bytes:
+        return self.received.body
+
+    @property
+    def content_type(self) -> str:
+        return self.received.headers.get("content-type", self.received.headers.get(
+            "Content-Type", ""))
+
+
 class CheckedClient:
     """An HTTP client whose every exchange is validated against the served document."""
 
@@ -147,10 +170,17 @@ class CheckedClient:
         return response
 
 
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as rx:
+        yield rx
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def server(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
-    with serve_on(request, tmp_path_factory, "openapi") as served:
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+           receiver: Receiver) -> Iterator[TrackerServer]:
+    # Status webhooks go to the loopback receiver (private addresses allowed for it).
+    with serve_on(request, tmp_path_factory, "openapi", webhooks_allow_private=True) as served:
         yield served
 
 
@@ -168,10 +198,12 @@ def api(server: TrackerServer) -> Iterator[CheckedClient]:
     checked.client.close()
 
 
-def test_sending_and_reading_messages_match_the_document(api: CheckedClient) -> None:
+def test_sending_and_reading_messages_match_the_document(api: CheckedClient,
+                                                         receiver: Receiver) -> None:
+    before = len(receiver.received)
     created = api.call("POST", "/messages", json={
         "to": "+7 701 123 45 67", "text": "Сәлем", "from": "ACME", "client_ref": "order-1",
-        "status_callback": "https://hooks.example.com/sms"})
+        "status_callback": receiver.url("/sms-status")})
     assert created.status_code == 202, created.text
     ident = created.json()["id"]
 
@@ -185,6 +217,17 @@ def test_sending_and_reading_messages_match_the_document(api: CheckedClient) -> 
     assert len(answer.json()["events"]) >= 3
     by_reference = api.call("GET", f"/messages/{answer.json()['reference']}")
     assert by_reference.json()["id"] == ident
+
+    # Its status webhooks (accepted, then delivered at least) are the document's too.
+    def webhooks_up_to_delivered() -> list[Received] | None:
+        hooks = [r for r in receiver.received[before:] if r.path == "/sms-status"]
+        return hooks if any(r.event["type"] == "message.delivered" for r in hooks) else None
+
+    hooks = wait_until(webhooks_up_to_delivered, timeout=30, interval=0.2,
+                       message="no message.delivered webhook")
+    for hook in hooks:
+        api.openapi.validate_webhook_request(ReceivedWebhook(hook))
+        assert hook.event["data"]["id"] == ident
 
     scheduled = api.call("POST", "/messages", json={
         "to": "+15551234888", "text": "later", "send_at": "2099-01-01T09:00:00+02:00"})
