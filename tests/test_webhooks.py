@@ -389,3 +389,43 @@ def test_an_endpoint_removed_mid_delivery_stops_nothing_else(app: Flask, key: Ap
     assert [(d.url, d.state) for d in WebhookDelivery.select()] == [(rx.url("/stays"),
                                                                      "delivered")]
     assert WebhookAttempt.select().count() == 1
+
+
+def test_two_workers_share_the_deliveries_and_send_each_once(app: Flask,
+                                                             rx: Receiver) -> None:
+    """Workers on several hosts fan out and claim from one database: never the same
+    delivery twice while nothing fails (Postgres: SKIP LOCKED and guarded claims)."""
+    import threading
+
+    from tracker.db import db
+
+    for _ in range(40):
+        change(queue(callback=rx.url()), Status.DELIVERED)
+    stopping = threading.Event()
+    # Few requests each, so both claim over and over, side by side.
+    cfg = {**app.config["TRACKER"], "webhook_max_in_flight": 2,
+           "webhook_max_in_flight_per_endpoint": 2}
+    senders = [Sender(app.extensions["providers"], cfg, owner=f"host{i}:1:x") for i in range(2)]
+
+    def work(sender: Sender) -> None:
+        try:
+            sender.run(stopping)
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in senders]
+    for thread in threads:
+        thread.start()
+    try:
+        rx.wait_for(40)
+        deadline = time.monotonic() + 20
+        while WebhookDelivery.select().where(WebhookDelivery.state == "delivered").count() < 40:
+            assert time.monotonic() < deadline, "not every delivery recorded"
+            time.sleep(0.05)
+    finally:
+        stopping.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    ids = [r.headers["webhook-id"] for r in rx.received]
+    assert len(ids) == len(set(ids)) == 40
+    assert sum(s.delivered for s in senders) == 40
