@@ -429,3 +429,14 @@ def test_two_workers_share_the_deliveries_and_send_each_once(app: Flask,
     ids = [r.headers["webhook-id"] for r in rx.received]
     assert len(ids) == len(set(ids)) == 40
     assert sum(s.delivered for s in senders) == 40
+
+
+def test_a_resend_is_told_where_the_original_was(app: Flask, key: ApiKey, rx: Receiver) -> None:
+    old = queue(callback=rx.url(), key_id=key.id)
+    change(old, Status.FAILED, error_code="X")
+    new = sending.resend(Message.get_by_id(old.id), sending.NewMessage(
+        to="+15551234567", text="hi", provider="fake"), source="dashboard")
+    assert (new.status_callback, new.api_key_id) == (rx.url(), key.id)
+    change(new, Status.ACCEPTED)
+    deliver(app)
+    assert {r.event["data"]["id"] for r in rx.wait_for(2)} == {old.id, new.id}

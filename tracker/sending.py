@@ -8,6 +8,7 @@ No transaction is held while a provider is called.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import random
@@ -529,9 +530,14 @@ RESENDABLE = frozenset({Status.FAILED, Status.REJECTED, Status.UNDELIVERED, Stat
 
 def resend(old: Message, new: NewMessage, *, source: str) -> Message:
     """Queue `new` as a resend of `old` (a final failure, or an unknown outcome), linked both
-    ways on the timelines. The old message keeps its own history untouched."""
+    ways on the timelines. The old message keeps its own history untouched. Whoever heard of
+    the old one's status changes (its status_callback, its API key's endpoints) hears of the
+    new one's, unless `new` names its own."""
     if Status(old.status) not in RESENDABLE:
         raise NotCancelable(old.status)  # the same 409 shape: not in a state that allows it
+    if new.status_callback is None and new.api_key_id is None:
+        new = dataclasses.replace(new, status_callback=old.status_callback,
+                                  api_key_id=old.api_key_id)
     message = enqueue(new, source=source)
     now = utcnow()
     with write_tx():
