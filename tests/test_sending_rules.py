@@ -28,7 +28,7 @@ from test_dashboard import PASSWORD, csrf, login
 from tracker import accounts, correlation, sending
 from tracker.db import db, write_tx
 from tracker.dispatcher import Dispatcher
-from tracker.models import Event, Message, utcnow
+from tracker.models import ApiKey, Event, Message, utcnow
 from tracker.providers.base import Receipt, SendError, SendResult
 from tracker.status import Status
 
@@ -131,6 +131,8 @@ def test_the_limits_themselves_are_accepted_and_stored_as_sent(client, api_key) 
     body = response.json
     assert (body["text"], body["from"], body["client_ref"], body["status_callback"]) == (
         text, sender, ref, hook)
+    # Sent with this key: the key's own webhook endpoints are told of its changes too.
+    assert Message.get_by_id(body["id"]).api_key_id == ApiKey.get(ApiKey.name == "tests").id
     assert (body["encoding"], body["segments"]) == ("GSM-7", 11)
 
 
