@@ -126,3 +126,9 @@ def test_serve_pushes_every_change_of_an_api_message(database_url: str, tmp_path
         assert len(again) == 2 and again[0] == again[1]
         rotated = run_cli(server.config_path, "keys", "webhook-secret", "shop", "--rotate")
         assert rotated.strip().splitlines()[-1] not in (secret, "")
+        run_cli(server.config_path, "send", "--to", "+15551234567", "--text", "hi",
+                "--status-callback", rx.url("/cli"), "--key", "shop")
+        wait_until(lambda: any(r.path == "/cli" and r.event["type"] == "message.delivered"
+                               for r in rx.received), timeout=30, message="no /cli webhook")
+        got = next(r for r in rx.received if r.path == "/cli")
+        Webhook(secret).verify(got.body, got.headers)  # the old secret signs during the grace

@@ -545,19 +545,27 @@ def _option_of(field: str) -> str:
 @click.option("--client-ref", help="Your own tag for the message (at most 64 characters).")
 @click.option("--send-at", help="Send later: ISO 8601 with a time zone, e.g. "
               "2026-01-01T09:00:00Z.")
+@click.option("--status-callback", help="URL that receives this message's status changes "
+              "(needs --key: that key's webhook secret signs them).")
+@click.option("--key", "key_name", help="Send as this API key: its webhook endpoints hear "
+              "of the message.")
 def send(to: str, text: str, sender: str | None, provider: str | None,
-         client_ref: str | None, send_at: str | None) -> None:
+         client_ref: str | None, send_at: str | None, status_callback: str | None,
+         key_name: str | None) -> None:
     """Queue one SMS, as POST /api/v1/messages does; prints the message as JSON."""
     from . import reporting, sending
 
     data = {"to": to, "text": text, "from": sender, "provider": provider,
-            "client_ref": client_ref, "send_at": send_at}
+            "client_ref": client_ref, "send_at": send_at, "status_callback": status_callback}
+    if status_callback and not key_name:
+        raise click.UsageError("--status-callback needs --key NAME: its secret signs them")
     with _database() as app:
         cfg = app.config["TRACKER"]
+        key_id = cli_webhooks.find_key(key_name).id if key_name else None
         try:
             new = sending.validate(data, providers=app.extensions["providers"],
                                    default_provider=cfg["default_provider"], routes=cfg["routes"],
-                                   default_region=cfg["default_region"])
+                                   default_region=cfg["default_region"], api_key_id=key_id)
         except sending.SendRejected as exc:
             raise click.BadParameter(exc.message, param_hint=_option_of(exc.field)) from exc
         message = sending.enqueue(new, source="cli")
