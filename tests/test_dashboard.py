@@ -326,6 +326,8 @@ def test_generated_query_strings_are_never_a_server_error(client, staff, page, p
     ("created_from=garbage", "created from: 'garbage' is not a date"),
     ("created_to=2026-02-30", "created to: '2026-02-30' is not a date"),
     ("status=deliverd", "status: 'deliverd' is not a status"),
+    ("provider=nobody", "provider: 'nobody' is not a provider"),
+    ("start=0", "start: '0' is not a position in the list"),
     ("before=%C2%B2", "before: '²' is not a message id"),
     ("created_from=2026-03-02&created_to=2026-03-01", "created from is after created to"),
 ])
