@@ -32,8 +32,11 @@ between batches).
 Speed: for the text formats the database does the per-value work (times formatted, latency
 computed, CSV neutralization) and rows come raw from the cursor, straight into csv.writer:
 formatting in Python (or peewee's strptime per datetime) was half the time of a CSV export.
-The next batch is read while the last is written (`_batches`). bench/export.py measures 1 M
-rows in 9.5-11.3 s on SQLite and 6.4-7.6 s on Postgres on this 2-core VM (every format).
+The next batch is read while the last is written (`_batches`). bench/export.py measured 1 M
+rows in 9.5-11.3 s on SQLite and 6.4-7.6 s on Postgres on this 2-core VM (every format) before
+the text column and the status-time fallback; those add a third to the bytes of a CSV and
+measured 20-40 % more CPU over 200,000 rows (most of it the text, in the reading thread, which
+sets the pace: the writing thread takes half as long).
 
 XLSX: tracker/xlsx.py, a small streaming writer (rows go into the ZIP as they come; memory is
 one batch). The database renders each row's finished XML cells in one printf/format call, so
