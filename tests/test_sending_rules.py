@@ -316,6 +316,20 @@ def test_a_provider_side_failure_moves_the_message_down_its_route_and_says_why(
     assert "billing problem on the Skycore account" in page
 
 
+def test_a_longer_route_keeps_every_provider_after_the_next(app, client, api_key) -> None:
+    message = sending.enqueue(sending.NewMessage(
+        to=US, text="four providers", provider="skycore",
+        failover=("mobizon", "fake", "mobivate")), source="test")
+    with write_tx():
+        sending.fail_over(message, SendError("Skycore HTTP 503", permanent=False,
+                                             provider_side=True, code="HTTP_503"),
+                          app.extensions["providers"])
+    body = read(client, api_key, message.id)
+    assert (body["provider"], body["failover"]) == ("mobizon", ["fake", "mobivate"])
+    assert body["events"][-1]["detail"] == (
+        "skycore failed (Skycore HTTP 503); trying mobizon, then fake, mobivate")
+
+
 @pytest.mark.parametrize("provider_side", [True, False], ids=["failover", "retry"])
 def test_a_refusal_after_the_send_was_declared_lost_never_sends_it_again(
         app, sky, mob, provider_side) -> None:
