@@ -572,7 +572,10 @@ def test_a_resend_links_both_timelines_and_a_pending_message_is_not_resent(
     sky.script(Reply.failure("E110"))  # invalid receiver number: rejected
     old = post(client, api_key, to=US, text="code 1234", provider="skycore").json
     assert dispatch(app) == 1
-    assert read(client, api_key, old["id"])["status"] == "rejected"
+    rejected = read(client, api_key, old["id"])
+    assert rejected["status"] == "rejected"
+    # Refused for good at the first attempt: the provider's words, no count of attempts.
+    assert rejected["events"][-1]["detail"] == "E110: Invalid receiver number"
     accounts.create_user("boss", PASSWORD, "admin")
     admin = fresh_client(app)
     login(admin, "boss")
