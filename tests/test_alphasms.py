@@ -898,7 +898,7 @@ def test_message_page_and_overview_show_the_words(alpha_app) -> None:
     assert f"SIM FULL</span> — {sim_full}" in page  # the provider status and the error
     assert page.count(f"SIM FULL</span> — {sim_full}") == 2
     overview = client.get("/overview").get_data(as_text=True)
-    rows = re.findall(r'<tr class="error"><td>(\w+)</td>.*?<a [^>]*>([^<]+)</a></td>\s*'
-                      r"<td>([^<]*)</td>", overview, re.S)
+    rows = re.findall(r'<tr class="error"><td[^>]*>(\w+)</td>.*?<a [^>]*>([^<]+)</a></td>\s*'
+                      r"<td[^>]*>([^<]*)</td>", overview, re.S)
     assert ("alphasms", "SIM FULL", sim_full) in rows
     assert ("alphasms", BAD_SENDER, escape(BAD_NAME)) in rows
