@@ -1,82 +1,29 @@
 """The messages list in a real headless Chromium, at desktop size and on a 390 px phone: the
 counts per status (each a link that adds its status), "51-55 of 55" paging, a row's first words
 and status time, and a search by the last digits of a number. Needs Debian's chromium and
-chromium-driver (.ci/run installs them). Fixtures as in tests/test_browser.py."""
+chromium-driver (.ci/run installs them). Fixtures from tests/test_browser.py."""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
-import tempfile
-import threading
-from collections.abc import Iterator
 
 import pytest
-from werkzeug.serving import make_server
+import test_browser
+from test_browser import DESKTOP, PHONE, SIZES, assert_fits, pytestmark, set_viewport  # noqa: F401
 
 from tracker import accounts
 from tracker.models import Message
 from tracker.status import RANK, Status, order_key
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMEDRIVER is None and os.environ.get("CI") != "true",
-    reason="chromium-driver not installed (apt-get install chromium chromium-driver)")
-
-DESKTOP, PHONE = (1280, 900), (390, 844)
-SIZES = pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone-390"])
+# The fixtures (a live server, a headless Chromium) of tests/test_browser.py, and its skip.
+live_url, browser = test_browser.live_url, test_browser.browser
 DASH = "\N{EN DASH}"
 T0 = dt.datetime(2026, 3, 10, 12, 0, 0)
-
-
-@pytest.fixture
-def live_url(app) -> Iterator[str]:
-    """The app served over real HTTP on loopback."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    profile = tempfile.mkdtemp(prefix="tracker-chromium-")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.implicitly_wait(5)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
-
-
-def set_viewport(browser, size: tuple[int, int]) -> None:
-    """Lay pages out at this CSS size, as a phone does (390 px: an iPhone 12-15)."""
-    width, height = size
-    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-        "width": width, "height": height, "deviceScaleFactor": 1 if size == DESKTOP else 3,
-        "mobile": size != DESKTOP})
-
-
-def assert_fits(browser, size: tuple[int, int]) -> None:
-    """No horizontal scrolling: nothing on the page is wider than the window."""
-    page, window = browser.execute_script(
-        "return [document.documentElement.scrollWidth, window.innerWidth]")
-    assert page <= window == size[0], f"{browser.current_url}: {page} px wide, window {window}"
 
 
 def log_in(browser, live_url: str) -> None:
