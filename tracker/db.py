@@ -35,7 +35,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
@@ -211,6 +211,18 @@ def is_sqlite(database: peewee.Database | None = None) -> bool:
     """True when the bound database is SQLite."""
     target = database or db.obj
     return isinstance(target, peewee.SqliteDatabase)
+
+
+def on_connection(work: Callable[[], Any]) -> None:
+    """Run `work` on this thread's connection; a broken connection is dropped, so the next
+    step opens a fresh one (the worker's threads: dispatcher, webhook sender)."""
+    try:
+        db.connect(reuse_if_open=True)
+        work()
+    except UNAVAILABLE_ERRORS:
+        with contextlib.suppress(Exception):
+            db.close()
+        raise
 
 
 @contextlib.contextmanager

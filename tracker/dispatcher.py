@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from . import metrics, sending, throttle, wakeup
-from .db import UNAVAILABLE_ERRORS, db, write_tx
+from .db import UNAVAILABLE_ERRORS, on_connection, write_tx
 from .models import Message, utcnow
 from .providers.base import Provider, SendError, SendResult
 from .status import Status
@@ -500,12 +500,4 @@ class Dispatcher:
         return count
 
     def _in_db(self, work) -> None:  # type: ignore[no-untyped-def]
-        """Run `work` on this thread's connection; a broken connection is dropped, so the next
-        step opens a fresh one."""
-        try:
-            db.connect(reuse_if_open=True)
-            work()
-        except UNAVAILABLE_ERRORS:
-            with contextlib.suppress(Exception):
-                db.close()
-            raise
+        on_connection(work)

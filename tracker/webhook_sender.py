@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from . import metrics, outbox, webhooks
-from .db import UNAVAILABLE_ERRORS, db, write_tx
+from .db import UNAVAILABLE_ERRORS, on_connection, write_tx
 from .dispatcher import new_owner
 from .models import utcnow
 from .providers.base import USER_AGENT, Provider
@@ -309,10 +309,4 @@ class Sender:
                 return tries
 
     def _in_db(self, work) -> None:  # type: ignore[no-untyped-def]
-        try:
-            db.connect(reuse_if_open=True)
-            work()
-        except UNAVAILABLE_ERRORS:
-            with contextlib.suppress(Exception):
-                db.close()
-            raise
+        on_connection(work)
