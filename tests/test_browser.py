@@ -20,6 +20,7 @@ from tracker.providers.base import SendResult
 from tracker.status import Status
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions  # noqa: E402
@@ -427,6 +428,21 @@ def test_errors_are_pages_in_the_dashboards_style_and_the_api_stays_json(
         404, "text/plain", b"not found\n")
 
 
+def page_left(element) -> bool:
+    """True once `element`'s page has been replaced by the next one.
+
+    Selenium's `staleness_of` expects a StaleElementReferenceException, but Chromium sometimes
+    answers a node from the old document with the generic "Node with given id does not belong
+    to the document" instead (seen in CI); both mean the page was left."""
+    try:
+        element.is_enabled()
+    except WebDriverException as error:  # StaleElementReferenceException is one too
+        if "stale element" in str(error) or "does not belong to the document" in str(error):
+            return True
+        raise
+    return False
+
+
 @SIZES
 def test_a_wrong_password_keeps_the_username_and_blocking_says_so(
         app, live_url, browser, size) -> None:
@@ -438,7 +454,7 @@ def test_a_wrong_password_keeps_the_username_and_blocking_says_so(
         field = browser.find_element(By.NAME, "password")
         field.send_keys(password)
         browser.find_element(By.CSS_SELECTOR, "form.login button").click()
-        WebDriverWait(browser, 10).until(expected_conditions.staleness_of(field))
+        WebDriverWait(browser, 10).until(lambda _: page_left(field))
 
     browser.find_element(By.NAME, "username").send_keys("ana")
     attempt("correct horse batery")
