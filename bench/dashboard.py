@@ -430,6 +430,11 @@ def measure(url: str, reps: int) -> list[dict[str, Any]]:
     app = create_app({"database_url": url, "secret_key": "bench", "providers": {
         "fake": {}, "skycore": {"api_key": "k", "shortcode": "60856", "callback_token": "t"}}})
     app.config["WTF_CSRF_ENABLED"] = False
+    # As a gunicorn worker runs it: its post_worker_init hook tunes the collector once the app
+    # is loaded (tracker.gunicorn_conf, tracker.gctune).
+    from tracker.gctune import tune_for_serving
+
+    tune_for_serving()
     timer = ServerTimer(app.wsgi_app)
     app.wsgi_app = timer  # type: ignore[method-assign]
     with app.app_context(), db.connection_context():

@@ -456,6 +456,24 @@ def test_a_row_shows_the_first_words_and_when_its_status_changed(app, client, st
     assert re.search(r'title="the provider.s time">→ 12:01:42</small>', html), html
 
 
+def test_list_cells_from_senders_and_providers_are_escaped(app, client, staff) -> None:
+    """The list's rows are built outside the template (tracker.web.dashboard.shown_rows), so
+    autoescaping does not hold them: a text, a provider's id and an error code written as
+    markup come out as text."""
+    m = add(1, status="failed")
+    Message.update(text='<script>alert(1)</script> & "quotes"',
+                   provider_message_id='"><img src=x onerror=alert(2)>',
+                   error_code="<b>E1</b>").where(Message.id == m.id).execute()
+    login(client, staff)
+    html = client.get("/messages").get_data(as_text=True)
+    row = re.search(r'<tr class="m">.*?</tr>', html, re.S).group(0)
+    assert "<script" not in row and "<img" not in row and "<b>" not in row
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &#34;quotes&#34;" in row
+    assert "&#34;&gt;&lt;img src=x onerror=alert(2)&gt;" in row
+    assert "&lt;b&gt;E1&lt;/b&gt;" in row
+    assert unescape(row).count(f'href="/messages/{m.id}"') == 2
+
+
 def test_a_viewer_sees_numbers_in_the_text_masked(database_url) -> None:
     from conftest import make_config, running
 

@@ -30,6 +30,13 @@ control_socket_disable = True
 logger_class = "tracker.logmask.Logger"
 
 
+def post_worker_init(_worker: object) -> None:
+    """The app is loaded in this worker: freeze it out of the collector's way (tracker.gctune)."""
+    from tracker.gctune import tune_for_serving
+
+    tune_for_serving()
+
+
 def child_exit(_server: object, worker: object) -> None:
     """A web worker is gone: prometheus_client's multiprocess mode drops its live gauges (its
     counters stay counted; tracker.metrics)."""
