@@ -388,10 +388,11 @@ def shape_values() -> tuple[str, str]:
     from tracker.models import Message
 
     order_ref = Message.select(Message.client_ref).where(
-        Message.id.between(700, 800), Message.client_ref.startswith("order-")).first()
+        Message.id.between(700, 800), Message.client_ref.startswith("order-")
+    ).order_by(Message.id).first()  # ordered: both databases pick the same row every run
     number = Message.select(Message.recipient).where(
         Message.id.between(N_MESSAGES // 2, N_MESSAGES), Message.recipient.startswith("+7701"),
-        Message.recipient != QA_NUMBER).first()
+        Message.recipient != QA_NUMBER).order_by(Message.id).first()
     return order_ref.client_ref, number.recipient
 
 

@@ -490,19 +490,22 @@ def _each_capped(base: Where, statuses: list[str], cap: int) -> dict[str, int]:
     """Each status's capped count, in one statement (one round trip)."""
     if not statuses:
         return {}
-    row = db.obj.execute_sql(*each_capped_sql(base, statuses, cap)).fetchone()
-    return dict(zip(statuses, row, strict=True))
+    return dict(db.obj.execute_sql(*each_capped_sql(base, statuses, cap)).fetchall())
 
 
 def each_capped_sql(base: Where, statuses: list[str], cap: int = COUNT_CAP
                     ) -> tuple[str, list[Any]]:
-    """One row: count_sql of each status, as uncorrelated scalar subqueries."""
-    parts, params = [], []
-    for i, status in enumerate(statuses):
-        sql, values = count_sql(base.status(status), cap)
-        parts.append(f"({sql}) AS c{i}")
-        params += values
-    return "SELECT " + ", ".join(parts), params
+    """(status, count_sql of the filter narrowed to it) for each status: one subquery,
+    correlated with a list of the statuses. Not a scalar subquery per status: Postgres planned
+    eleven of them in 1.1 ms, and the statement took 2.8 ms where this one takes 1.6 (SQLite:
+    the same either way, 0.7 ms), at 1 M messages."""
+    p = db.obj.param
+    prefix = "+" if base.searching and is_sqlite() else ""  # as Where.equal, for a search
+    listed = ", ".join(f"({p})" for _ in statuses)
+    sql = (f"WITH listed(s) AS (VALUES {listed}) SELECT s, (SELECT COUNT(1) FROM"  # noqa: S608
+           f" (SELECT 1 FROM message{base.clause(f'{prefix}status = listed.s')} LIMIT {p})"
+           " AS capped) FROM listed")
+    return sql, [*statuses, *base.params, cap + 1]
 
 
 def position(where: Where, page: Page, cap: int = COUNT_CAP) -> int | None:
