@@ -485,6 +485,8 @@ def test_a_viewer_sees_numbers_in_the_text_masked(database_url) -> None:
         login(client, "ana")
         html = client.get("/messages").get_data(as_text=True)
         assert "+7701•••••19" in html and "555 01" not in html
+        page = client.get(f"/messages/{Message.get().id}").get_data(as_text=True)
+        assert "Call" in page and "555 01" not in page
         # The viewer still finds it by the last digits of the number.
         found = client.get("/messages", query_string={"q": "0119"}).get_data(as_text=True)
         assert found.count('<tr class="m">') == 1

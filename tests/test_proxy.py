@@ -128,3 +128,30 @@ def test_wrong_api_keys_are_counted_per_client_behind_the_proxy(server: TrackerS
             401] * KEY_FAILURES_ALLOWED + [429]
         assert wrong_key("203.0.113.51") == 401  # its neighbour behind the proxy is not blocked
         assert wrong_key("203.0.113.50") == 429
+
+
+@pytest.fixture(scope="module", params=["sqlite"])
+def direct(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
+    """`tracker serve` with no proxy in front (trusted_proxies = 0, the default)."""
+    with serve_on(request, tmp_path_factory, "direct") as served:
+        create_user(served, "ana")
+        yield served
+
+
+def test_without_a_trusted_proxy_forwarded_headers_are_not_believed(direct: TrackerServer
+                                                                    ) -> None:
+    """A client talking to the app directly (here over loopback, where gunicorn by default
+    believes X-Forwarded-Proto) cannot claim https: the login form is taken as plain http,
+    with no Referer check, and its callbacks are recorded under its own address."""
+    forged = via_proxy("203.0.113.40", "https")
+    with httpx.Client(timeout=10) as client:
+        form = client.get(f"{direct.base_url}/auth/login", headers=forged)
+        token = form.text.split('name="csrf_token" value="')[1].split('"')[0]
+        answer = client.post(f"{direct.base_url}/auth/login", headers=forged, data={
+            "username": "ana", "password": "x" * 12, "csrf_token": token})
+        assert answer.status_code == 401, answer.text[:300]  # wrong password, not 400 referrer
+    before = len(callbacks(direct))
+    assert post_fake_callback(direct.base_url, headers=forged).status_code == 200
+    [(_id, _provider, remote_addr, _verdict)] = callbacks(direct)[before:]
+    assert remote_addr == "127.0.0.1"

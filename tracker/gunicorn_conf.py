@@ -20,6 +20,10 @@ timeout = 30
 graceful_timeout = 20
 keepalive = 2
 preload_app = False
+# gunicorn believes X-Forwarded-Proto (and friends) from 127.0.0.1 by default, whatever the app
+# says: any local client could then claim https. The app alone decides, by `trusted_proxies`
+# (tracker.web.security).
+forwarded_allow_ips = ""
 # gunicorn's own header limits bound what a sender can make us buffer before the app runs.
 limit_request_line = 4094
 limit_request_fields = 100

@@ -45,6 +45,13 @@ def _masked() -> bool:
         current_user, "is_admin", False)
 
 
+@bp.app_template_filter("text_for_user")
+def text_for_user(text: str | None) -> str:
+    """A message's text as this user may see it: for a viewer under mask_phone_numbers, every
+    number written in it masked, as in the list and exports (mask_text)."""
+    return (mask_text(text) if _masked() else text) or ""
+
+
 @bp.app_template_filter("utc")
 def utc(when: dt.datetime | None) -> str:
     """A stored (naive UTC) time to the millisecond, as receipts are compared, marked UTC."""
