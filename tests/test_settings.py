@@ -53,6 +53,11 @@ def test_default_provider_is_the_only_one_configured(tmp_path) -> None:
         load({"instance_dir": str(tmp_path)} | two)
 
 
+def test_default_region_is_taken_in_either_case(tmp_path) -> None:
+    assert load({"instance_dir": str(tmp_path), "default_region": " kz"})["default_region"] == "KZ"
+    assert load({"instance_dir": str(tmp_path)})["default_region"] == ""
+
+
 def test_secret_key_is_generated_once_outside_the_repo(tmp_path) -> None:
     first = load({"instance_dir": str(tmp_path)} | {})["secret_key"]
     assert first == load({"instance_dir": str(tmp_path)} | {})["secret_key"] and len(first) > 40
@@ -72,6 +77,8 @@ def test_secret_key_is_generated_once_outside_the_repo(tmp_path) -> None:
     ({"default_provider": "skycore"}, "default_provider"),
     ({"public_base_url": "example.com"}, "public_base_url"),
     ({"database_url": "mysql://x"}, "database_url"),
+    ({"default_region": "KAZ"}, "default_region"),  # a typo no longer makes numbers invalid
+    ({"default_region": "XX"}, "default_region"),
 ])
 def test_bad_settings_fail_at_start_naming_the_key(tmp_path, overrides, named) -> None:
     with pytest.raises((ConfigError, ValueError), match=named.replace(".", r"\.")):

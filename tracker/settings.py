@@ -223,6 +223,7 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("callback_max_bytes: must be at least 1024")
     if not str(cfg["public_base_url"]).startswith(("http://", "https://")):
         raise ConfigError("public_base_url: must start with http:// or https://")
+    cfg["default_region"] = _region(cfg["default_region"])
     cfg["default_provider"] = _default_provider(cfg["default_provider"], cfg["providers"])
     for key in ("web_workers", "web_threads", "request_timeout_seconds"):
         if cfg[key] <= 0:
@@ -263,6 +264,18 @@ def _allowed_hosts(hosts: list[Any]) -> list[str]:
                               "path; \".example.com\" for a domain and its subdomains)")
         out.append(name if ipv6 else name.rstrip("."))
     return out
+
+
+def _region(value: str) -> str:
+    """An ISO 3166 country that phone numbers are known for ("KZ"; "kz" is taken), or "".
+    Checked here: a typo would otherwise make every national number invalid in the API."""
+    import phonenumbers
+
+    region = value.strip().upper()
+    if region and region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigError(f"default_region: {value!r} is not a country code phone numbers are"
+                          " known for (two letters, e.g. \"KZ\", \"GB\"), or leave it empty")
+    return region
 
 
 def _default_provider(name: str | None, providers: dict[str, Any]) -> str:
