@@ -143,6 +143,34 @@ def test_messages_created_during_an_export_are_not_in_it(app, tmp_path) -> None:
     assert [r["id"] for r in read_any("jsonl", out)] == before
 
 
+@pytest.mark.parametrize("fmt", exports.FORMATS)
+def test_a_job_writes_the_rows_it_counted_when_it_started(app, tmp_path, fmt) -> None:
+    """An export job counts its rows up to the newest message when it starts (`top`), shows
+    progress against that count, and writes exactly those rows, in every format."""
+    seed(12)
+    top = sorted(list_order(reporting.MessageFilter()))[7]  # the 8th message by id
+    flt = reporting.MessageFilter(provider="fake")
+    counted = exports.expected_rows(flt, top=top)
+    expected = [i for i in list_order(flt) if i <= top]
+    assert counted == len(expected) == 4 < exports.expected_rows(flt)
+    assert exports.expected_rows(reporting.MessageFilter(status="queued")) == 0
+    out = tmp_path / f"out.{fmt}"
+    assert exports.export(fmt, flt, out, batch_size=3, top=top) == counted
+    assert [int(r["id"]) for r in read_any(fmt, out)] == expected
+
+
+def test_jsonl_is_one_compact_utf8_object_per_line(app, tmp_path) -> None:
+    """Text as written (UTF-8, not \\u escapes, so grep finds "Привет"), one object per line,
+    no padding: what jq, pandas.read_json(lines=True) and a log shipper take line by line."""
+    seed(1, text="Привет, мир")
+    out = tmp_path / "o.jsonl"
+    exports.export("jsonl", reporting.MessageFilter(), out)
+    raw = out.read_bytes()
+    assert "Привет, мир".encode() in raw and b"\\u" not in raw
+    assert raw.endswith(b"\n") and raw.count(b"\n") == 1 and b"\r" not in raw
+    assert raw.startswith(b'{"id":') and b'", "' not in raw and b'": ' not in raw
+
+
 def test_progress_is_told_the_rows_written_after_each_batch(app, tmp_path) -> None:
     seed(10)
     for fmt in exports.FORMATS:
@@ -200,6 +228,58 @@ def test_columns_times_text_and_delivered_latency(app, tmp_path) -> None:
     assert last["delivered_latency_s"] == 2.5 and last["segments"] == 1
     assert (last["reference"], last["provider"], last["status"], last["encoding"],
             last["text"]) == ("R000000000", "skycore", "delivered", "GSM-7", "hello 0")
+
+
+def canonical(fmt: str, row: dict[str, object]) -> dict[str, object]:
+    """A row read back from any format, as the values it stands for: CSV's texts parsed (its
+    formula guard and Excel's ="…" taken off), XLSX's and JSON's already typed, times as
+    datetimes to the millisecond."""
+    out: dict[str, object] = {}
+    for name, value in row.items():
+        if fmt.startswith("csv") and isinstance(value, str):
+            if value == "":
+                value = None
+            elif value.startswith('="') and value.endswith('"'):
+                value = value[2:-1]
+            elif value.startswith("'") and value[1:].startswith(exports._FORMULA_START):
+                value = value[1:]
+            if name in ("id", "segments", "attempts") and value is not None:
+                value = int(value)
+            elif name == "delivered_latency_s" and value is not None:
+                value = float(value)
+            elif name == "status_inferred":
+                value = {"true": True, "false": False}[value]
+        if name.endswith("_at") and isinstance(value, str):
+            value = dt.datetime.fromisoformat(value.removesuffix("Z").replace("T", " "))
+        out[name] = value
+    return out
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_every_format_carries_the_same_values(app, tmp_path, masked) -> None:
+    """What a CSV, a CSV for Excel, an XLSX and a JSON Lines export of the same filter hold,
+    read back, is the same, cell for cell: no format drops, shifts or re-reads a column (a
+    time, a flag, an empty latency, a masked number, a formula-like text)."""
+    seed(6)
+    (Message.update(status_at=None, status_inferred=False, text=HYPERLINK, sender="+15550001111")
+     .where(Message.id.in_([2, 5])).execute())
+    Event.create(message=2, kind="receipt", source="callback", status="failed", applied=True,
+                 received_at=T0 + dt.timedelta(seconds=7, milliseconds=250))
+    Message.update(sender="+1234567").where(Message.id == 5).execute()  # too short to mask
+    read = {}
+    for fmt in exports.FORMATS:
+        out = tmp_path / f"all.{fmt}"
+        assert exports.export(fmt, reporting.MessageFilter(), out, masked=masked) == 6
+        raw = read_any(fmt, out)
+        if fmt.startswith("csv"):  # Excel's ="…" keeps a number's "+"; plain CSV is for programs
+            assert (raw[1]["from"] == '="+1234567"') == (fmt == "csv-excel"), (fmt, raw[1])
+        read[fmt] = [canonical(fmt, row) for row in raw]
+    first = read["jsonl"]
+    assert first[4]["status_at_source"] == "received" and first[4]["from"] == (
+        "+1555•••••11" if masked else "+15550001111")
+    assert {r["status_inferred"] for r in first} == {True, False}
+    for fmt, rows in read.items():
+        assert rows == first, fmt
 
 
 @pytest.mark.parametrize("fmt", exports.FORMATS)
@@ -265,6 +345,8 @@ def test_one_registry_names_every_format() -> None:
     ("(701) 555-0119 or 555-0119", "(701) 5••-••19 or •••-••19"),
     ("Due 2026-01-31 12:00 or 31.01.2026", "Due 2026-01-31 12:00 or 31.01.2026"),  # dates stay
     ("Balance 1 000 000 KZT", "Balance • ••• •00 KZT"),  # errs on the side of hiding
+    ("Call 701555019 now", "Call 7015•••19 now"),  # 9 digits: the first 4 and last 2 stay
+    ("Call 70155501 now", "Call ••••••01 now"),  # 8: keeping 4 + 2 would hide only 2
     ("", ""),
 ])
 def test_mask_text_hides_every_phone_number_in_a_text(text, masked) -> None:
