@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import openpyxl
@@ -450,6 +451,14 @@ def test_xlsx_text_that_needs_escaping_reads_back_exactly(app, tmp_path, masked)
         for name in ("client_ref", "error_detail", "provider_message_id", "error_code", "text"):
             assert excel_text(row[name]) == value, (name, value)
         assert excel_text(row["from"]) == (mask_phone(value) if masked else value)
+    # openpyxl keeps edge spaces whatever the file says; Excel trims them unless the text is
+    # marked xml:space="preserve", so look at the sheet's XML itself.
+    with zipfile.ZipFile(tmp_path / "o.xlsx") as book:
+        sheet = book.read("xl/worksheets/sheet1.xml").decode()
+    for value in (" leading", "trailing "):
+        shown = [value] * 5 + [mask_phone(value) if masked else value]  # the 6th is `from`
+        for text in set(shown):
+            assert sheet.count(f'<t xml:space="preserve">{text}</t>') == shown.count(text), text
 
 
 @pytest.mark.skipif(shutil.which("soffice") is None and os.environ.get("CI") != "true",
