@@ -61,6 +61,8 @@ def read_csv(path: Path, excel: bool = False) -> list[dict[str, str]]:
     raw = path.read_bytes()
     if excel:
         assert raw.startswith(b"\xef\xbb\xbf") and b"\r\n" in raw and b"sep=" not in raw
+    else:  # for programs: no byte-order mark in front of the first column's name
+        assert raw.startswith(b"id,"), raw[:10]
     text = raw.decode("utf-8-sig")
     return list(csv.DictReader(io.StringIO(text, newline="")))
 
@@ -317,7 +319,12 @@ def test_xlsx_continues_on_a_new_sheet_past_the_row_limit(app, tmp_path) -> None
     out = tmp_path / "o.xlsx"
     count = exports.write_xlsx(out, reporting.MessageFilter(), sheet_rows=4)
     assert count == 10
-    assert len(openpyxl.load_workbook(out, read_only=True).worksheets) == 4  # 3 + 3 + 3 + 1
+    book = openpyxl.load_workbook(out)
+    assert [sheet.title for sheet in book.worksheets] == [
+        "messages", "messages 2", "messages 3", "messages 4"]  # 3 + 3 + 3 + 1
+    widths = {cell.value: book.worksheets[0].column_dimensions[cell.column_letter].width
+              for cell in book.worksheets[0][1]}
+    assert widths["created_at"] == widths["status_at"] == 23 and widths["text"] == 60
     assert [r["id"] for r in read_xlsx(out)] == list_order(reporting.MessageFilter())
 
 
