@@ -130,6 +130,7 @@ def test_a_send_whose_lease_ran_out_is_unknown_and_never_sent(app: Flask,
         assert (stored.send_started_at, stored.claimed_by, stored.due_at) == (None, None, None)
         last = Event.select().where(Event.message == message.id).order_by(Event.id.desc()).get()
         assert (last.kind, last.status, last.applied) == ("send_unknown", "unknown", True)
+        assert last.provider == stored.provider  # the timeline says whose answer is missing
         assert "lease ran out" in last.detail and other_host in last.detail
     assert sky.requests == []
 
