@@ -198,6 +198,16 @@ def test_a_message_being_sent_cannot_be_canceled(app: Flask) -> None:
     assert Message.get_by_id(message.id).status == "queued"
 
 
+def test_a_provider_with_no_room_does_not_hold_up_the_others(app: Flask) -> None:
+    """A provider at its capacity (or rate limit) gets no claims this round; the providers
+    after it in the round still get theirs."""
+    skycore, mobizon = send(app, provider="skycore"), send(app, provider="mobizon")
+    claimed = sending.claim_due("dispatcher-1", {"skycore": 0, "mobizon": 10})
+    assert [m.id for m in claimed] == [mobizon.id]
+    assert [m.id for m in sending.claim_due("dispatcher-2", {"skycore": 10, "mobizon": 0})
+            ] == [skycore.id]
+
+
 def test_a_claimed_message_canceled_before_its_send_starts_is_never_sent(app: Flask) -> None:
     message = send(app)
     [claimed] = sending.claim_due("dispatcher-1", {"skycore": 10})
