@@ -69,6 +69,8 @@ def test_created_message_and_its_events(client, api_key) -> None:
     assert response.headers["Location"].endswith(f"/api/v1/messages/{created['id']}")
     assert created["status"] == "queued" and created["provider"] == "skycore"
     assert created["reference"].startswith("m") and created["provider_message_id"] is None
+    # Nothing is inferred yet, and nothing has been tried: the status is the tracker's own.
+    assert (created["status_inferred"], created["attempts"]) == (False, 0)
     for ident in (str(created["id"]), created["reference"]):
         fetched = client.get(f"/api/v1/messages/{ident}", headers=auth(api_key)).json
         assert fetched["id"] == created["id"] and fetched["text"] == "Сәлем"
