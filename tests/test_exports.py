@@ -62,7 +62,7 @@ def read_csv(path: Path, excel: bool = False) -> list[dict[str, str]]:
     if excel:
         assert raw.startswith(b"\xef\xbb\xbf") and b"\r\n" in raw and b"sep=" not in raw
     else:  # for programs: no byte-order mark in front of the first column's name
-        assert raw.startswith(b"id,"), raw[:10]
+        assert not raw.startswith(b"\xef\xbb\xbf"), raw[:10]
     text = raw.decode("utf-8-sig")
     return list(csv.DictReader(io.StringIO(text, newline="")))
 
