@@ -162,6 +162,18 @@ def test_a_job_writes_the_rows_it_counted_when_it_started(app, tmp_path, fmt) ->
     assert [int(r["id"]) for r in read_any(fmt, out)] == expected
 
 
+@pytest.mark.parametrize("fmt", exports.FORMATS)
+def test_a_search_by_national_number_exports_what_the_list_finds(app, tmp_path, fmt) -> None:
+    """With default_region set, a whole national number is matched exactly (as on the
+    dashboard): the count and the file agree with the list."""
+    seed(3)
+    flt = reporting.MessageFilter(q="8 701 000 00 01")  # +77010000001, written the Kazakh way
+    assert exports.expected_rows(flt, "KZ") == 1
+    out = tmp_path / f"kz.{fmt}"
+    assert exports.export(fmt, flt, out, default_region="KZ") == 1
+    assert [int(r["id"]) for r in read_any(fmt, out)] == [2]
+
+
 def test_jsonl_is_one_compact_utf8_object_per_line(app, tmp_path) -> None:
     """Text as written (UTF-8, not \\u escapes, so grep finds "Привет"), one object per line,
     no padding: what jq, pandas.read_json(lines=True) and a log shipper take line by line."""
@@ -337,6 +349,7 @@ def test_one_registry_names_every_format() -> None:
         assert fmt.name == name and fmt.label and fmt.help
         assert fmt.file_name("messages") == f"messages.{fmt.extension}"
     assert exports.format_of_extension("csv").name == "csv"  # not csv-excel
+    assert exports.format_of_extension("pdf") is None
     assert {"csv", "xlsx", "jsonl"} == exports.EXTENSIONS
     with pytest.raises(ValueError, match="format must be one of csv, csv-excel, xlsx, jsonl"):
         exports.export("pdf", reporting.MessageFilter(), Path("never.pdf"))
