@@ -75,7 +75,7 @@ def test_created_message_and_its_events(client, api_key) -> None:
         fetched = client.get(f"/api/v1/messages/{ident}", headers=auth(api_key)).json
         assert fetched["id"] == created["id"] and fetched["text"] == "Сәлем"
         [event] = fetched["events"]
-        assert event["kind"] == "created" and event["status"] == "queued"
+        assert (event["kind"], event["status"], event["applied"]) == ("created", "queued", True)
         assert set(event) >= {"status", "applied", "reason", "occurred_at", "received_at"}
 
 
