@@ -224,6 +224,19 @@ def test_a_writer_that_stops_early_lets_the_reader_thread_go(app) -> None:
     assert threading.active_count() == before
 
 
+@pytest.mark.parametrize("fmt", exports.FORMATS)
+def test_a_long_latency_is_exact_to_the_millisecond(app, tmp_path, fmt) -> None:
+    """A receipt a day late: seconds from submission to delivery, rounded to the millisecond,
+    in every format (not a day's worth of drift from a wrong factor, not more digits)."""
+    seed(1)  # delivered
+    Message.update(status_at=T0 + dt.timedelta(days=1, milliseconds=250, microseconds=400)
+                   ).execute()
+    out = tmp_path / f"late.{fmt}"
+    exports.export(fmt, reporting.MessageFilter(), out)
+    [row] = read_any(fmt, out)
+    assert float(row["delivered_latency_s"]) == 86400.25
+
+
 def test_columns_times_text_and_delivered_latency(app, tmp_path) -> None:
     seed(2)
     exports.export("jsonl", reporting.MessageFilter(), tmp_path / "o.jsonl")
