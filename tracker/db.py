@@ -246,6 +246,24 @@ def write_tx(durable: bool = True) -> Iterator[None]:
             yield
 
 
+@contextlib.contextmanager
+def read_snapshot() -> Iterator[None]:
+    """Reads that must agree with each other (a message and its timeline) from one snapshot.
+
+    Postgres's default isolation (READ COMMITTED) gives each statement its own snapshot: a
+    receipt committed between two reads showed a final status beside a timeline without the
+    event that made it final (seen in CI). REPEATABLE READ keeps the first statement's
+    snapshot; SQLite's read transaction (WAL) does the same from its first read."""
+    database = db.obj
+    if database.in_transaction():  # inside a transaction already: its snapshot rules
+        yield
+        return
+    with database.atomic():
+        if not isinstance(database, SqliteDatabase):
+            database.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
+
+
 def make_durable() -> None:
     """Make every commit so far survive a power loss (SQLite: fsync the WAL; Postgres's
     COMMIT already is)."""

@@ -15,7 +15,7 @@ from typing import Any
 import peewee as pw
 
 from . import phones, safexml, statustime
-from .db import db, is_sqlite
+from .db import db, is_sqlite, read_snapshot
 from .models import Callback, Event, Message
 from .providers import PROVIDERS
 from .status import Status
@@ -55,9 +55,10 @@ def resolve_message_id(ident: str) -> int | None:
 
 def message_detail(message_id: int) -> dict[str, Any]:
     """The API representation of one message with its events."""
-    events = timeline(message_id)
-    return {**message_dict(Message.get_by_id(message_id), events),
-            "events": [event_dict(e) for e in events]}
+    with read_snapshot():  # the status and the timeline as of one moment
+        events = timeline(message_id)
+        message = Message.get_by_id(message_id)
+    return {**message_dict(message, events), "events": [event_dict(e) for e in events]}
 
 
 def message_dict(m: Message, events: list[Event] | None = None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from flask_login import current_user, login_required
 from markupsafe import Markup, escape
 
 from .. import reporting, sending, statustime
+from ..db import read_snapshot
 from ..exports import mask_text
 from ..models import Message
 from ..phones import mask_phone
@@ -200,10 +201,11 @@ def _filter_args(flt: reporting.MessageFilter) -> dict[str, str]:
 @login_required
 def message(message_id: int) -> Any:
     """One message: its fields, and every event with the raw callback behind it."""
-    found = Message.get_or_none(Message.id == message_id)
+    with read_snapshot():  # the fields and the timeline as of one moment
+        found = Message.get_or_none(Message.id == message_id)
+        events = reporting.timeline(message_id) if found else []
     if found is None:
         abort(404)
-    events = reporting.timeline(message_id)
     resent_as = list(Message.select(Message.id, Message.reference)
                      .where(Message.resent_from == message_id).order_by(Message.id))
     return render_template("dashboard/message.html", m=found, events=events,
