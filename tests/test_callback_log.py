@@ -22,6 +22,10 @@ def test_viewer_lists_and_filters_but_cannot_replay(app: Any, client: Any) -> No
     assert 'type="checkbox"' not in page  # no replay controls for viewers
     none = client.get("/callback-log", query_string={"verdict": "applied"})
     assert "No callbacks match." in none.get_data(as_text=True)
+    for name, value in (("verdict", "bogus"), ("verdict", "\x00"), ("provider", "nosuch\x00")):
+        wrong = client.get("/callback-log", query_string={name: value})
+        assert wrong.status_code == 400, (name, value)  # said so, never a 500 (Postgres: NUL)
+        assert f"{name}: " in wrong.get_data(as_text=True)
     token = csrf(client, "/callback-log")
     refused = client.post("/callback-log/replay", data={"id": str(bad.id), "csrf_token": token,
                                                         "action": "apply"})

@@ -12,6 +12,7 @@ from flask_login import login_required
 from .. import replay, reporting
 from ..correlation import Verdict
 from ..models import Callback, Event
+from ..providers import PROVIDERS
 from .auth import admin_required
 
 bp = Blueprint("callback_log", __name__, url_prefix="/callback-log")
@@ -24,6 +25,13 @@ MAX_REPLAY = 200  # one form, one request: a larger replay belongs to `tracker c
 def index() -> Any:
     """Newest first; filter by provider, verdict and day range (UTC)."""
     provider, verdict = request.args.get("provider", ""), request.args.get("verdict", "")
+    # A value no callback can have is answered as such, not searched for (a NUL in it was a 500
+    # on Postgres, which refuses one in a string).
+    if provider and provider not in PROVIDERS:
+        abort(400, f"provider: {provider!r} is not a provider ({', '.join(sorted(PROVIDERS))})")
+    if verdict and verdict not in {v.value for v in Verdict}:
+        abort(400, f"verdict: {verdict!r} is not a verdict"
+                   f" ({', '.join(v.value for v in Verdict if v != Verdict.PENDING)})")
     since, until = _day(request.args.get("since")), _day(request.args.get("until"))
     before = request.args.get("before", "")
     query = Callback.select(Callback.id, Callback.provider, Callback.method, Callback.verdict,
