@@ -255,6 +255,10 @@ def test_auto_refresh_keeps_the_filter_and_the_scroll_and_is_remembered(
     assert browser.current_url.endswith("/messages?provider=skycore")
     assert browser.execute_script("return window.scrollY") == scrolled
     assert refresh_state(browser).startswith("updated ")
+    # Its counts per status (static/counts.js) came again with it: 61 queued at Skycore now.
+    WebDriverWait(browser, 10).until(lambda b: b.find_element(
+        By.CSS_SELECTOR, "nav.status-tabs").text.split() == ["all", "61", "queued", "61"],
+        message="the counts per status were not refreshed")
     assert_fits(browser, size)
 
     browser.refresh()  # remembered for this page ...

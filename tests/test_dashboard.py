@@ -383,24 +383,74 @@ def test_status_counts_are_exact_up_to_the_cap(app) -> None:
     assert floors.of("queued").figure == "0+"
 
 
+def tabs_in(html: str) -> dict[str, str]:
+    """The status links of a page or counts fragment: {"failed <b>3": href, ...}."""
+    found = re.findall(r'<a href="([^"]+)"[^>]*>(\w+ <b>[^<]+)</b></a>', unescape(html))
+    return {label: href for href, label in found}
+
+
 def test_status_links_count_each_status_and_keep_the_other_filters(client, staff) -> None:
     for n in range(1, 8):
         add(n, status="failed" if n <= 3 else "delivered", error="E1" if n <= 3 else None)
     add(8, status="delivered", provider="mobizon")
     login(client, staff)
-    html = unescape(client.get("/messages", query_string={"provider": "skycore"})
-                    .get_data(as_text=True))
-    tabs = dict(re.findall(r'<a href="([^"]+)"[^>]*>(\w+ <b>[^<]+)</b></a>', html)[-3:])
-    assert set(tabs.values()) == {"all <b>7", "delivered <b>4", "failed <b>3"}, tabs
-    failed = next(href for href, label in tabs.items() if label.startswith("failed"))
+    # A first page with room to spare holds every match: its counts are in the page.
+    html = client.get("/messages", query_string={"provider": "skycore"}).get_data(as_text=True)
+    tabs = tabs_in(html)
+    assert set(tabs) == {"all <b>7", "delivered <b>4", "failed <b>3"}, tabs
+    assert "data-counts" not in html
+    failed = tabs["failed <b>3"]
     assert "provider=skycore" in failed and "status=failed" in failed
     page = client.get(failed).get_data(as_text=True)
     assert page.count('<tr class="m">') == 3 and f"1{DASH}3 of 3 messages matching" in page
-    assert re.search(r'aria-current="page">failed <b>3</b>', page)
-    assert re.search(r'delivered <b>4</b>', page)  # the other statuses stay, to switch to
+    # Narrowed to a status, the page does not hold the others: they come from the fragment the
+    # page names, for the same filters.
+    counts_url = unescape(re.search(r'data-counts="([^"]+)"', page).group(1))
+    assert counts_url.startswith("/messages/counts?") and "provider=skycore" in counts_url
+    fragment = client.get(counts_url)
+    assert fragment.status_code == 200 and fragment.headers["Cache-Control"] == "no-store"
+    html = fragment.get_data(as_text=True)
+    assert re.search(r'aria-current="page">failed <b>3</b>', html)
+    assert re.search(r'delivered <b>4</b>', html)  # the other statuses stay, to switch to
+    assert "<html" not in html and "<tr" not in html  # the row of counts alone
     # A status with no match shows only when it is the one filtered on.
-    assert "queued <b>" not in html
-    assert "queued <b>0</b>" in client.get("/messages?status=queued").get_data(as_text=True)
+    assert "queued <b>" not in client.get("/messages/counts").get_data(as_text=True)
+    assert "queued <b>0</b>" in client.get("/messages/counts?status=queued").get_data(
+        as_text=True)
+
+
+def test_counts_come_after_the_list_unless_asked_for_in_the_page(client, staff) -> None:
+    """A list with more than a page does not wait for its counts per status: the page leaves a
+    placeholder naming where they are (static/counts.js fetches them) and, for a browser without
+    scripts, a link to the page with them in it (counts=1), whose status links keep them."""
+    for n in range(1, 56):
+        add(n, status="failed" if n % 5 == 0 else "delivered")
+    login(client, staff)
+    page = client.get("/messages?provider=skycore").get_data(as_text=True)
+    assert f"1{DASH}50 of 55 messages matching" in page  # the list's own count is in the page
+    assert not tabs_in(page) and 'aria-busy="true"' in page and "counts.js" in page
+    inline = unescape(re.search(r'<noscript><a href="([^"]+)"', page).group(1))
+    assert "provider=skycore" in inline and "counts=1" in inline
+    with_counts = client.get(inline).get_data(as_text=True)
+    tabs = tabs_in(with_counts)
+    assert set(tabs) == {"all <b>55", "delivered <b>44", "failed <b>11"}, tabs
+    assert all("counts=1" in href for href in tabs.values())
+    older = unescape(re.search(r'<a rel="next" href="([^"]+)"', with_counts).group(1))
+    assert "counts=1" in older and tabs_in(client.get(older).get_data(as_text=True))
+    # The fragment is the same row of counts as in the page.
+    fragment = client.get("/messages/counts?provider=skycore").get_data(as_text=True)
+    assert set(tabs_in(fragment)) == set(tabs)
+
+
+def test_the_counts_fragment_checks_its_filters_and_its_user(client, staff) -> None:
+    add(1, status="failed")
+    assert client.get("/messages/counts").status_code == 302  # to the login page
+    login(client, staff)
+    bad = client.get("/messages/counts?status=bogus&created_from=garbage")
+    assert bad.status_code == 400  # as the list: the counts of the filter as applied
+    assert "all <b>1" in tabs_in(bad.get_data(as_text=True))
+    paged = client.get("/messages/counts?before=1&start=7")  # paging is the list's alone
+    assert paged.status_code == 200 and "failed <b>1" in tabs_in(paged.get_data(as_text=True))
 
 
 def test_pages_say_which_rows_they_show_of_how_many(client, staff) -> None:
@@ -433,15 +483,16 @@ def test_past_the_cap_the_place_and_the_total_say_so(app, client, staff) -> None
     login(client, staff)
     page = client.get("/messages").get_data(as_text=True)
     assert f"1{DASH}50 of 1,000+ messages (counting stops at 1,000)" in page
-    assert "delivered <b>1,000+</b>" in page
+    assert "delivered <b>1,000+</b>" in client.get("/messages/counts").get_data(as_text=True)
     ids = [m.id for m in Message.select(Message.id).order_by(Message.created_at.desc())]
     deep = client.get(f"/messages?before={ids[999]}").get_data(as_text=True)
     assert f"1,001{DASH}1,050 of 1,000+ messages" in deep  # the 1,000 newer ones, counted
     deeper = client.get(f"/messages?before={ids[1005]}").get_data(as_text=True)
     assert "50 older than the newest 1,000 of 1,000+ messages" in deeper
     # A search past the cap counts its statuses among its newest matches, and says so.
-    searched = client.get("/messages?q=1230000").get_data(as_text=True)
+    searched = client.get("/messages/counts?q=1230000").get_data(as_text=True)
     assert "delivered <b>200+</b>" in searched and "per status: among the newest 200" in searched
+    searched = client.get("/messages?q=1230000").get_data(as_text=True)
     assert f"1{DASH}50 of 1,000+ messages matching" in searched
 
 
@@ -464,9 +515,14 @@ def test_list_cells_from_senders_and_providers_are_escaped(app, client, staff) -
     Message.update(text='<script>alert(1)</script> & "quotes"',
                    provider_message_id='"><img src=x onerror=alert(2)>',
                    error_code="<b>E1</b>").where(Message.id == m.id).execute()
+    odd = add(2, status="failed", provider="<i>p</i>")  # not a word of ours: escaped too
+    Message.update(status="<u>odd</u>").where(Message.id == odd.id).execute()
     login(client, staff)
     html = client.get("/messages").get_data(as_text=True)
-    row = re.search(r'<tr class="m">.*?</tr>', html, re.S).group(0)
+    newest = re.search(r'<tr class="m">.*?</tr>', html, re.S).group(0)
+    assert "<i>" not in newest and "<u>" not in newest
+    assert "&lt;u&gt;odd&lt;/u&gt;" in newest and "&lt;i&gt;p&lt;/i&gt;" in newest
+    row = re.findall(r'<tr class="m">.*?</tr>', html, re.S)[1]
     assert "<script" not in row and "<img" not in row and "<b>" not in row
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &#34;quotes&#34;" in row
     assert "&#34;&gt;&lt;img src=x onerror=alert(2)&gt;" in row

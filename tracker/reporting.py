@@ -455,10 +455,20 @@ def page_status_counts(f: MessageFilter, base: Where, page: Page,
                        cap: int = COUNT_CAP) -> StatusCounts:
     """status_counts for the list's page of `f`: a first page with room to spare holds every
     match of its filter, so what it holds is counted without asking the database again."""
+    held = held_status_counts(f, page, cap)
+    if held is not None:
+        return held
     whole = not (f.before or f.after) and len(page.rows) < PAGE_SIZE
-    if whole and not f.status:
-        return _summed(_capped(collections.Counter(row.status for row in page.rows), cap), cap)
     return status_counts(base, cap, f.status, known=len(page.rows) if whole else None)
+
+
+def held_status_counts(f: MessageFilter, page: Page, cap: int = COUNT_CAP
+                       ) -> StatusCounts | None:
+    """The counts per status when the page itself holds them, at no cost: a first page with
+    room to spare, not narrowed to a status, holds every match of its filter. Else None."""
+    if f.before or f.after or f.status or len(page.rows) >= PAGE_SIZE:
+        return None
+    return _summed(_capped(collections.Counter(row.status for row in page.rows), cap), cap)
 
 
 def _capped(numbers: dict[str, int], cap: int) -> dict[str, MatchCount]:

@@ -142,6 +142,8 @@
       document.title = fresh.title;
     }
     window.scrollTo(x, y);
+    // Parts of the page that load after it (counts.js) load again into the new content.
+    document.dispatchEvent(new CustomEvent("tracker:refreshed"));
     return true;
   }
 
