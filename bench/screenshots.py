@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,11 @@ def screenshot(driver: Any, path: Path, screen: dict[str, Any] = DESKTOP,
             "width": screen["width"], "height": height,
             "deviceScaleFactor": screen["deviceScaleFactor"], "mobile": screen["mobile"]})
 
+    # Parts that load after the page (the list's counts per status: static/counts.js) first.
+    for _ in range(100):
+        if not driver.execute_script("return document.querySelector('[aria-busy], [data-counts]')"):
+            break
+        time.sleep(0.05)
     emulate(screen["min_height"])  # laid out at this width first: its height depends on it
     height = min(driver.execute_script("return document.documentElement.scrollHeight"), max_height)
     height = max(height, screen["min_height"])

@@ -146,3 +146,19 @@ def test_reads_in_a_snapshot_agree_while_others_commit(app) -> None:
     events = list(Event.select().where(Event.message == message.id))
     receipt_elsewhere(Status.DELIVERED)
     assert Message.get_by_id(message.id).status == "delivered" and len(events) == 2  # skewed
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    # libpq's URL for a Unix socket: no host in the URL, the socket's folder in the query.
+    ("postgresql://app@/tracker?host=/run/postgresql",
+     {"user": "app", "host": "/run/postgresql", "port": None}),
+    ("postgres://app:s3cret@db.example:5433/tracker?sslmode=require&connect_timeout=3",
+     {"user": "app", "password": "s3cret", "host": "db.example", "port": 5433,
+      "sslmode": "require", "connect_timeout": "3"}),
+    ("postgresql://app@db.example/tracker?host=replica.example&port=6432",
+     {"host": "replica.example", "port": "6432"}),  # the query's value wins
+])
+def test_postgres_urls_take_libpq_options_from_the_query(url: str, expected: dict) -> None:
+    database = connect_database(url)
+    assert database.database == "tracker"
+    assert {name: database.connect_params.get(name) for name in expected} == expected

@@ -80,13 +80,17 @@ def connect_database(url: str, pool_size: int = 8, synchronous: str = "full") ->
         database.sync_commits = synchronous == "full"
         return database
     if parsed.scheme in ("postgres", "postgresql"):
-        options: dict[str, Any] = dict(parse_qsl(parsed.query))
+        # Query options are libpq's (sslmode=require, connect_timeout=3, ...) and may name the
+        # host or port themselves: `postgresql://app@/tracker?host=/var/run/postgresql` is
+        # libpq's URL for a Unix socket (it was a TypeError: host given twice). A value in the
+        # query wins over the URL's part.
+        options: dict[str, Any] = {
+            "user": parsed.username, "password": parsed.password,
+            "host": parsed.hostname, "port": parsed.port}
+        options.update((name, value) for name, value in parse_qsl(parsed.query)
+                       if value or options.get(name) is None)
         return PostgresDatabase(
             (parsed.path or "/").lstrip("/"),
-            user=parsed.username,
-            password=parsed.password,
-            host=parsed.hostname,
-            port=parsed.port,
             max_connections=pool_size,
             stale_timeout=300,
             timeout=5,  # wait up to 5 s for a free pooled connection, then 503
