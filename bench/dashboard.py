@@ -1,11 +1,14 @@
 """The messages list, search and filters at 1,000,000 messages and 3,000,000 events.
 
-Goal (issue 4, item 2; issue 12, items 1-3): every list, search and filter, with its counts per
-status, answers in <= 5 ms p95 *server time*, on SQLite and on Postgres. For each filter shape
-this times the real `GET /messages` view through Flask's test client with a logged-in session,
-counting only the time inside the application (a WSGI middleware around `app.wsgi_app`, so the
-test client's own work is left out) and the CPU time of its thread, and, beside it, the view's
-queries alone (`reporting.list_messages` + `reporting.page_status_counts`).
+Goal (issue 4, item 2; issue 12, items 1-3): every list, search and filter answers in <= 5 ms
+p95 *server time*, on SQLite and on Postgres, and so does its row of counts per status when the
+page leaves that to a second request (`GET /messages/counts`, which static/counts.js fetches
+once the list is shown; a first page with room to spare holds its counts and needs none). For
+each filter shape this times both real views through Flask's test client with a logged-in
+session, counting only the time inside the application (a WSGI middleware around
+`app.wsgi_app`, so the test client's own work is left out) and the CPU time of its thread, and,
+beside each, its queries alone (the list: `reporting.list_messages` with its count; the counts:
+`reporting.status_counts`). A shape passes when both requests are within the goal.
 
     .venv/bin/python bench/dashboard.py --db sqlite
     .venv/bin/python bench/dashboard.py --db postgres          # database dlr_bench
