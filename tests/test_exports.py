@@ -23,9 +23,11 @@ import zipfile
 from pathlib import Path
 
 import openpyxl
+import peewee as pw
 import pytest
 
 from tracker import exports, reporting
+from tracker.db import db, is_sqlite, without_jit
 from tracker.models import Event, Message
 from tracker.phones import mask_phone
 
@@ -222,6 +224,26 @@ def test_a_writer_that_stops_early_lets_the_reader_thread_go(app) -> None:
     batches.close()  # what an exception in the writer's loop does to the generator
     assert time.monotonic() - started < 2
     assert threading.active_count() == before
+
+
+def test_the_reader_runs_without_jit_and_gives_its_connection_back_as_it_came(app) -> None:
+    """Postgres JIT-compiled each 5,000-row batch (its estimated cost passes jit_above_cost
+    at 1 M messages): 38 ms of each 104 ms. The export's reads run with JIT off, and the
+    pooled connection is handed back with the server's setting. SQLite: nothing to do."""
+    seed(6)
+    if is_sqlite():
+        rows = [r for batch in exports._batches([Message.id], reporting.MessageFilter(), "", 4)
+                for r in batch]
+        assert len(rows) == 6
+        return
+    seen = [row[1] for batch in exports._batches(
+        [Message.id, pw.fn.current_setting("jit")], reporting.MessageFilter(), "", 4)
+        for row in batch]
+    assert seen == ["off"] * 6  # every batch, the first included
+    server = db.execute_sql("SHOW jit").fetchone()[0]
+    with without_jit():
+        assert db.execute_sql("SHOW jit").fetchone()[0] == "off"
+    assert db.execute_sql("SHOW jit").fetchone()[0] == server
 
 
 @pytest.mark.parametrize("fmt", exports.FORMATS)

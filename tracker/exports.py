@@ -97,7 +97,7 @@ import peewee as pw
 from peewee import fn
 
 from . import reporting, statustime, xlsx
-from .db import db, is_sqlite
+from .db import db, is_sqlite, without_jit
 from .models import Message
 from .phones import mask_phone
 
@@ -193,7 +193,7 @@ def _batches(fields: list[Any], flt: reporting.MessageFilter, default_region: st
 
     def read() -> None:
         try:
-            with db.connection_context():
+            with db.connection_context(), without_jit():
                 for batch in _read_batches(fields, flt, default_region, batch_size, top):
                     if not offer(batch):
                         return
