@@ -685,14 +685,16 @@ def _export_formats_help() -> str:
 
 class _ExportProgress:
     """Rows written and the rate (and, with the total, percent and time left) on the
-    terminal's last line, redrawn at most every REDRAW seconds; silent when stderr is not a
-    terminal, so a cron job's mail or a pipe gets the summary line alone."""
+    terminal's last line: drawn at the first batch, then redrawn at most every REDRAW seconds;
+    silent when stderr is not a terminal, so a cron job's mail or a pipe gets the summary line
+    alone."""
 
     REDRAW = 0.2
 
     def __init__(self, total: int | None, enabled: bool) -> None:
         self.total, self.enabled = total, enabled
-        self.started = self.drawn = time.monotonic()
+        self.started = time.monotonic()
+        self.drawn = self.started - self.REDRAW  # the first batch shows at once, however fast
         self.rows = 0
 
     def __call__(self, rows: int) -> None:
