@@ -36,7 +36,9 @@ The next batch is read while the last is written (`_batches`). bench/export.py m
 rows in 9.5-11.3 s on SQLite and 6.4-7.6 s on Postgres on this 2-core VM (every format) before
 the text column and the status-time fallback; those add a third to the bytes of a CSV and
 measured 20-40 % more CPU over 200,000 rows (most of it the text, in the reading thread, which
-sets the pace: the writing thread takes half as long).
+sets the pace: the writing thread takes half as long). With them, on 2026-12-04: 15.7-18.1 s on
+SQLite and 12.0-14.8 s on Postgres, whose reads run without JIT (db.without_jit: compiling
+each batch was a third of the time).
 
 XLSX: tracker/xlsx.py, a small streaming writer (rows go into the ZIP as they come; memory is
 one batch). The database renders each row's finished XML cells in one printf/format call, so
