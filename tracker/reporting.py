@@ -179,10 +179,8 @@ def filter_problems(args: Mapping[str, str]) -> list[str]:
     if status and status not in {s.value for s in Status}:
         problems.append(f"status: {status!r} is not a status "
                         f"({', '.join(s.value for s in Status)})")
-    provider = (args.get("provider") or "").strip()
-    if provider and provider not in PROVIDERS:  # every provider module, configured or not
-        problems.append(f"provider: {provider!r} is not a provider "
-                        f"({', '.join(sorted(PROVIDERS))})")
+    if unknown := provider_problem((args.get("provider") or "").strip()):
+        problems.append(unknown)
     for name in ("before", "after"):
         value = (args.get(name) or "").strip()
         if value and as_id(value) is None:
@@ -194,6 +192,14 @@ def filter_problems(args: Mapping[str, str]) -> list[str]:
     if start and end and start > end:
         problems.append("created from is after created to")
     return problems
+
+
+def provider_problem(provider: str) -> str | None:
+    """What is wrong with a provider filter, or None (empty, or one of our provider modules,
+    configured or not: a provider no longer configured still has history)."""
+    if provider and provider not in PROVIDERS:
+        return f"provider: {provider!r} is not a provider ({', '.join(sorted(PROVIDERS))})"
+    return None
 
 
 def day(value: str | None) -> dt.date | None:

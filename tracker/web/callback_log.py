@@ -12,7 +12,6 @@ from flask_login import login_required
 from .. import replay, reporting
 from ..correlation import Verdict
 from ..models import Callback, Event
-from ..providers import PROVIDERS
 from .auth import admin_required
 
 bp = Blueprint("callback_log", __name__, url_prefix="/callback-log")
@@ -27,8 +26,8 @@ def index() -> Any:
     provider, verdict = request.args.get("provider", ""), request.args.get("verdict", "")
     # A value no callback can have is answered as such, not searched for (a NUL in it was a 500
     # on Postgres, which refuses one in a string).
-    if provider and provider not in PROVIDERS:
-        abort(400, f"provider: {provider!r} is not a provider ({', '.join(sorted(PROVIDERS))})")
+    if unknown := reporting.provider_problem(provider):
+        abort(400, unknown)
     if verdict and verdict not in {v.value for v in Verdict}:
         abort(400, f"verdict: {verdict!r} is not a verdict"
                    f" ({', '.join(v.value for v in Verdict if v != Verdict.PENDING)})")
