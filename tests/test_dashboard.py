@@ -474,6 +474,20 @@ def test_pages_say_which_rows_they_show_of_how_many(client, staff) -> None:
     assert place(f"/messages?before={sixth}") == f"7{DASH}55 of 55 messages"
 
 
+def test_a_page_reached_without_its_place_counts_rows_created_in_the_same_instant(
+        client, staff) -> None:
+    # Three bursts created in one microsecond each: the place counts the later bursts and,
+    # within the first row's own burst, the rows with a higher id (the list's tie-break).
+    for n in range(1, 61):
+        add(n, at=T0 + dt.timedelta(minutes=n // 20))
+    login(client, staff)
+    ids = [m.id for m in Message.select(Message.id).order_by(Message.created_at.desc(),
+                                                               Message.id.desc())]
+    for shown in (5, 20, 33, 59):  # its place: 1 + how many rows come before it in the list
+        page = client.get(f"/messages?before={ids[shown - 1]}").get_data(as_text=True)
+        assert f'<p class="count">{shown + 1}{DASH}' in page, shown
+
+
 def test_past_the_cap_the_place_and_the_total_say_so(app, client, staff) -> None:
     Message.insert_many([
         {"reference": f"bulk{n:05d}", "provider": "fake", "recipient": "+15551230000",

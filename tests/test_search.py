@@ -123,3 +123,34 @@ def test_a_search_by_the_end_of_a_number_reads_its_index(numbers) -> None:
 ])
 def test_the_digits_a_number_must_end_with(raw, suffix) -> None:
     assert phones.search_suffix(raw) == suffix
+
+
+@pytest.mark.parametrize(("q", "index", "provider_at"), [
+    ("+77015550119", "message_recipient_created_at", 3),
+    ("campaign-7", "message_client_ref_created_at", 3),
+    ("0119", "message_recipient_tail", 4),
+])
+def test_a_search_narrowed_by_provider_checks_it_in_the_search_index(
+        numbers, q, index, provider_at) -> None:
+    """A busy number (a QA phone's thousands of messages) filtered by provider reads its index
+    entries and only the rows that match (bench/dashboard.py: 6 -> under 1 ms on SQLite):
+    SQLite (m0013) reads the provider from the index entry before it seeks the row, and
+    Postgres (m0006) counts inside the index."""
+    add("campaign", "+4915100000001", client_ref="campaign-7")
+    flt = reporting.MessageFilter(q=q, provider="skycore")
+    where = reporting.filter_where(flt)
+    sql, params = reporting.count_sql(where)
+    if is_sqlite():
+        root = db.obj.execute_sql("SELECT rootpage FROM sqlite_master WHERE name = ?",
+                                  [index]).fetchone()[0]
+        ops = list(db.obj.execute_sql("EXPLAIN " + sql, params))
+        [cursor] = {op[2] for op in ops if op[1] == "OpenRead" and op[3] == root}
+        assert any(op[1] == "Column" and op[2] == cursor and op[3] == provider_at
+                   for op in ops), ops
+    else:
+        for setting in ("enable_seqscan", "enable_bitmapscan"):  # a table this small is read
+            db.obj.execute_sql(f"SET {setting} = off")           # whole, or by bitmap
+        plan = " ".join(r[0] for r in db.obj.execute_sql("EXPLAIN " + sql, params))
+        db.obj.execute_sql("RESET ALL")
+        assert f"Index Only Scan using {index}" in plan, plan
+    assert reporting.count_messages(flt).n == {"0119": 5, "campaign-7": 1}.get(q, 2)

@@ -63,7 +63,8 @@ class Message(BaseModel):
             (("status", "provider", "created_at"), False),  # dashboard filters, newest first
             (("provider", "provider_message_id"), False),  # callback correlation
             # Search by phone number or client_ref, newest first (migration 0003 says why
-            # status is not in them: the callback path would rewrite them).
+            # status is not in them: the callback path would rewrite them; 0006 and 0013 add
+            # the columns each database can carry for free).
             (("recipient", "created_at"), False),
             (("client_ref", "created_at"), False),
             (("due_at",), False),  # dispatcher: due messages
