@@ -489,7 +489,7 @@ def measure(url: str, reps: int) -> list[dict[str, Any]]:
                 t0 = time.perf_counter()
                 base = reporting.base_where(flt, "")  # as the view does
                 where = base.status(flt.status)
-                listed = reporting.list_messages(flt, "", where=where,
+                listed = reporting.list_messages(flt, "", where=where, place=True,
                                                  count_cap=reporting.COUNT_CAP)
                 counted = listed.count or reporting.count_messages(flt, "", where=where)
                 t1 = time.perf_counter()

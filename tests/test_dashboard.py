@@ -486,6 +486,10 @@ def test_a_page_reached_without_its_place_counts_rows_created_in_the_same_instan
     for shown in (5, 20, 33, 59):  # its place: 1 + how many rows come before it in the list
         page = client.get(f"/messages?before={ids[shown - 1]}").get_data(as_text=True)
         assert f'<p class="count">{shown + 1}{DASH}' in page, shown
+    # Newer than an anchor: the page holds the 50 matches just above it, the newest first.
+    for above in (52, 55, 59):
+        page = client.get(f"/messages?after={ids[above]}").get_data(as_text=True)
+        assert f'<p class="count">{above - 49}{DASH}{above} of 60' in page, above
 
 
 def test_past_the_cap_the_place_and_the_total_say_so(app, client, staff) -> None:
