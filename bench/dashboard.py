@@ -427,7 +427,10 @@ def p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(url: str, reps: int) -> list[dict[str, Any]]:
+def measure(url: str, reps: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Each shape's row of figures, and the same run's reference: what this machine gave at
+    the same moments for a request that does no work of ours and for one database round trip
+    (this VM's speed drifts by a third from hour to hour; the reference shows where it was)."""
     from tracker import accounts, create_app, reporting
     from tracker.db import db
 
@@ -462,7 +465,11 @@ def measure(url: str, reps: int) -> list[dict[str, Any]]:
     last: dict[str, Any] = {}
     later: dict[str, bool] = {}  # the page leaves its counts per status to a second request
     filters = {name: reporting.MessageFilter.from_args(params) for name, params in todo}
+    reference: dict[str, list[float]] = {"healthz": [], "round_trip": []}
     for rep in range(reps + 5):  # the first 5 rounds warm caches and are not counted
+        assert client.get("/healthz").status_code == 200  # Flask alone: no session, no query
+        if rep >= 5:
+            reference["healthz"].append(timer.last * 1000)
         for name, params in todo:
             t = timed[name]
             response = client.get("/messages", query_string=params)
@@ -483,6 +490,10 @@ def measure(url: str, reps: int) -> list[dict[str, Any]]:
             last[name] = response
         with app.test_request_context("/messages"):
             db.connect(reuse_if_open=True)
+            t0 = time.perf_counter()
+            db.execute_sql("SELECT 1").fetchall()
+            if rep >= 5:
+                reference["round_trip"].append((time.perf_counter() - t0) * 1000)
             for name, _ in todo:
                 t = timed[name]
                 flt = filters[name]
@@ -529,7 +540,8 @@ def measure(url: str, reps: int) -> list[dict[str, Any]]:
               f"{r['query_p95']:6.2f}  {r['view_p50']:6.2f} {r['view_p95']:6.2f}  "
               f"{r['view_cpu_p95']:6.2f}  {counts}  {'PASS' if r['pass'] else 'FAIL'}",
               flush=True)
-    return rows
+    return rows, {f"{name}_{q}": p(values, share) for name, values in reference.items()
+                  for q, share in (("p50", 0.5), ("p95", 0.95))}
 
 
 def plans(url: str) -> None:
@@ -557,6 +569,12 @@ def plans(url: str) -> None:
                 print(f"  {label}: " + " | ".join(lines))
 
 
+def print_reference(reference: dict[str, float]) -> None:
+    print(f"same-run reference, p50/p95: GET /healthz (Flask alone) {reference['healthz_p50']:.2f}"
+          f"/{reference['healthz_p95']:.2f} ms; one database round trip (SELECT 1)"
+          f" {reference['round_trip_p50']:.2f}/{reference['round_trip_p95']:.2f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
@@ -577,7 +595,7 @@ def main() -> None:
             print(f"smoke: {N_MESSAGES:,} messages in a throwaway database; the figures are"
                   " not comparable with anything")
             url = ensure_data(args)
-            measure(url, args.reps)
+            print_reference(measure(url, args.reps)[1])
             plans(url)
         return
     url = ensure_data(args)
@@ -591,8 +609,9 @@ def main() -> None:
     print(f"{'shape':30} {'rows':>4} {'count':>6}  {'queries p50/p95':>13}  "
           f"{'view p50/p95':>13}  {'cpu p95':>6}  {'queries p50/p95':>13}  "
           f"{'view p50/p95':>13}  result")
-    rows = measure(url, args.reps)
+    rows, reference = measure(url, args.reps)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print_reference(reference)
     worst = max(rows, key=lambda r: r["view_p95"])
     passed = sum(r["pass"] for r in rows)
     worst_cpu = max(rows, key=lambda r: r["view_cpu_p95"])
@@ -605,7 +624,7 @@ def main() -> None:
              if worst_counts else ""))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"dashboard-{args.db}-{dt.datetime.now():%Y%m%d-%H%M%S}.jsonl"
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {"reference": reference}]))
     print(f"results: {out.relative_to(ROOT)}")
 
 

@@ -223,6 +223,7 @@ def test_flock_handoff(tmp_path: Path) -> None:
 def test_dashboard(db: str, tmp_path: Path) -> None:
     output = run_bench("dashboard.py", "--db", db, "--smoke", *pg_args(db), cwd=tmp_path)
     assert "newest (no filter)" in output and "list:" in output, output[-3000:]
+    assert "same-run reference, p50/p95: GET /healthz" in output, output[-3000:]
 
 
 @pytest.mark.parametrize("db", DATABASES)
