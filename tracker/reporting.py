@@ -458,8 +458,9 @@ def status_counts(base: Where, cap: int = COUNT_CAP, status: str = "",
     would read every match once per status, 33,000 rows for a QA number with 3,000 messages.
     So a search is counted once in its own index (cap + 1 entries at most), and its matches are
     grouped by status: all of them when they are no more than `cap` (every count exact), else
-    the newest `sample` (floors). A search narrowed by provider or error code reads each row
-    anyway (SQLite), so there one pass groups up to cap + 1 matches."""
+    the newest `sample` (floors). A search narrowed by provider or error code is grouped in one
+    pass over up to cap + 1 matches (each count exact up to cap): SQLite reads an error code
+    from each row anyway (its search indexes carry only the provider, m0013)."""
     given = {status: known} if status in _STATUSES and known is not None else {}
     if not base.searching:
         todo = [s.value for s in Status if s.value not in given]
