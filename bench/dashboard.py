@@ -500,7 +500,7 @@ def measure(url: str, reps: int) -> tuple[list[dict[str, Any]], dict[str, float]
                 t0 = time.perf_counter()
                 base = reporting.base_where(flt, "")  # as the view does
                 where = base.status(flt.status)
-                listed = reporting.list_messages(flt, "", where=where, place=True,
+                listed = reporting.list_messages(flt, "", where=where,
                                                  count_cap=reporting.COUNT_CAP)
                 counted = listed.count or reporting.count_messages(flt, "", where=where)
                 t1 = time.perf_counter()

@@ -223,8 +223,6 @@ class Page:
     older: int | None  # `before=` of the next page, None on the last page
     newer: int | None  # `after=` of the previous page, None on the first page
     count: MatchCount | None = None  # with `count_cap`, unless an empty later page
-    # With `place`: the first row's place among the matches (1 = the newest), None past the cap.
-    start: int | None = None
 
 
 LIST_COLUMNS = ("id", "reference", "provider", "provider_message_id", "recipient", "status",
@@ -289,16 +287,13 @@ class Where:
 
 def list_messages(f: MessageFilter, default_region: str = "",
                   limit: int = PAGE_SIZE, where: Where | None = None,
-                  count_cap: int | None = None, place: bool = False) -> Page:
+                  count_cap: int | None = None) -> Page:
     """Newest first, narrowed by the filter, one page at a time.
 
     With `count_cap`, the page also carries the filter's count (see `count_messages`), read in
     the same statement as an uncorrelated scalar subquery, which both databases evaluate once:
     one round trip instead of two, which is a fifth of a Postgres list request. An empty page
     carries no count, except the first page of a filter (its count is 0); the caller counts.
-    With `place` too, a later page (`before`/`after`) carries its first row's place among the
-    matches, counted from the anchor in the same statement (a page reached from a bookmark or
-    a shared link, whose URL does not say it; the paging links carry it).
 
     Order and keyset are (created_at, id), not id alone: every filter index ends in created_at
     (SQLite adds the rowid after it), so each filter shape is one index range scan read in
@@ -306,26 +301,18 @@ def list_messages(f: MessageFilter, default_region: str = "",
     would need a sort (Postgres) or could not use the date range (both). Our inserts make
     created_at order equal id order, and the id breaks ties, so pages never skip or repeat.
     """
-    place = place and count_cap is not None and bool(f.before or f.after)
-    sql, params = list_sql(f, default_region, limit + 1, where, count_cap, place)
+    sql, params = list_sql(f, default_region, limit + 1, where, count_cap)
     raw = db.obj.execute_sql(sql, params).fetchall()
-    count = start = None
+    count = None
     if count_cap is not None and (raw or not (f.before or f.after)):
-        total = raw[0][len(LIST_COLUMNS)] if raw else 0
+        total = raw[0][-1] if raw else 0
         count = MatchCount(min(total, count_cap), total > count_cap, count_cap)
     rows = [_list_row(r) for r in raw[:limit]]
-    if place and rows and count_cap is not None:
-        # before: the matches at or above the anchor are the ones newer than the first row;
-        # after: the page holds the oldest of the matches above the anchor.
-        newer = raw[0][-1] - (len(rows) if f.after else 0)
-        start = newer + 1 if newer <= count_cap else None
     extra = rows[limit - 1].id if len(raw) > limit else None  # there is a further page
     if f.after:  # read oldest first from the anchor; shown newest first
         rows.reverse()
-        return Page(rows, older=rows[-1].id if rows else None, newer=extra, count=count,
-                    start=start)
-    return Page(rows, older=extra, newer=rows[0].id if f.before and rows else None,
-                count=count, start=start)
+        return Page(rows, older=rows[-1].id if rows else None, newer=extra, count=count)
+    return Page(rows, older=extra, newer=rows[0].id if f.before and rows else None, count=count)
 
 
 def _list_row(raw: tuple[Any, ...]) -> ListRow:
@@ -337,23 +324,15 @@ def _list_row(raw: tuple[Any, ...]) -> ListRow:
 
 
 def list_sql(f: MessageFilter, default_region: str = "", limit: int = PAGE_SIZE + 1,
-             where: Where | None = None, count_cap: int | None = None, place: bool = False
+             where: Where | None = None, count_cap: int | None = None
              ) -> tuple[str, list[Any]]:
     """The list's statement: newest first, or oldest first from the anchor for `after`.
-    `where`: filter_where(f) already computed (the view shares it with the count).
-    `place` (with `count_cap` and an anchor): a last column counting the matches at or above
-    the anchor (`before`; up to count_cap + 1 per range) or above it (`after`; the page's own
-    rows are among them, so up to count_cap + limit)."""
+    `where`: filter_where(f) already computed (the view shares it with the count)."""
     if where is None:
         where = filter_where(f, default_region)
     p = db.obj.param
-    columns, column_params = [_LIST_SELECT], []  # the select list's subqueries come first
-    if count_cap is not None:
-        count, count_params = count_sql(where, count_cap)
-        columns.append(f"({count})")
-        column_params += count_params
     keyset: tuple[str, ...] = ()
-    keyset_params: list[Any] = []
+    params: list[Any] = []
     order = "created_at DESC, id DESC"
     if f.after or f.before:
         # The anchor's created_at as a subquery: one round trip, and both databases evaluate it
@@ -366,16 +345,16 @@ def list_sql(f: MessageFilter, default_region: str = "", limit: int = PAGE_SIZE 
             order = "created_at, id"
         else:
             keyset = (f"created_at <= {anchor}", f"(created_at < {anchor} OR id < {p})")
-        keyset_params = [ident, ident, ident]
-        if place and count_cap is not None:
-            placed, placed_params = newer_sql(
-                where, (anchor, [ident]), ident, count_cap + (limit if f.after else 0),
-                inclusive=bool(f.before))
-            columns.append(placed)
-            column_params += placed_params
-    sql = (f"SELECT {', '.join(columns)} FROM message{where.clause(*keyset)}"  # noqa: S608
+        params = [ident, ident, ident]
+    counted = ""
+    if count_cap is not None:
+        count, count_params = count_sql(where, count_cap)
+        counted, params = f", ({count})", [*count_params, *where.params, *params]
+    else:
+        params = [*where.params, *params]
+    sql = (f"SELECT {_LIST_SELECT}{counted} FROM message{where.clause(*keyset)}"  # noqa: S608
            f" ORDER BY {order} LIMIT {p}")
-    return sql, [*column_params, *where.params, *keyset_params, limit]
+    return sql, [*params, limit]
 
 
 # Counting stops here. An exact count(*) over a filter matching 800,000 of 1,000,000 rows reads
@@ -547,25 +526,27 @@ def each_capped_sql(base: Where, statuses: list[str], cap: int = COUNT_CAP
     return sql, [*statuses, *base.params, cap + 1]
 
 
-def newer_sql(where: Where, at: tuple[str, list[Any]], ident: Any, cap: int, *,
-              inclusive: bool = False) -> tuple[str, list[Any]]:
-    """How many of the filter's matches come before (created_at `at`, id `ident`) in the list's
-    order, newest first (`inclusive`: that row too, if it matches), counted up to cap + 1 in
-    each of two ranges. `at`: SQL for the created_at and its parameters.
-
-    Two ranges, not one `created_at >= at AND (created_at > at OR id > ident)`: a Postgres
-    filter index holds no id, so that test made each of up to 1,001 entries a heap fetch
-    (1.5 ms for a busy number's last page, a third of the list's budget), where
-    `created_at > at` alone is an index-only scan (0.2 ms) and the ties are none or a few."""
+def position(where: Where, page: Page, cap: int = COUNT_CAP) -> int | None:
+    """The place of a page's first row in its filter (1 = the newest match), counted when the
+    page was reached without one; None past `cap` (counting stops there, as for the total)."""
+    if not page.rows:
+        return None
+    first = page.rows[0]
     p = db.obj.param
-    sql, params = at
-    later = replace(where, terms=(*where.terms, f"created_at > {sql}"),
-                    params=(*where.params, *params))
-    tied = replace(where, terms=(*where.terms, f"created_at = {sql}",
-                                 f"id {'>=' if inclusive else '>'} {p}"),
-                   params=(*where.params, *params, ident))
+    # Newer than the first row: later created, or created in the same microsecond with a
+    # higher id. Counted as two ranges, not one `created_at >= at AND (created_at > at OR
+    # id > first)`: a Postgres filter index holds no id, so that test made each of up to 1,001
+    # entries a heap fetch (1.5 ms for a busy number's last page, a third of the list's
+    # budget), where `created_at > at` alone is an index-only scan (0.2 ms) and the ties are
+    # none or a few.
+    later = Where((*where.terms, f"created_at > {p}"), (*where.params, first.created_at),
+                  where.searching)
+    tied = Where((*where.terms, f"created_at = {p}", f"id > {p}"),
+                 (*where.params, first.created_at, first.id), where.searching)
     (later_sql, later_params), (tied_sql, tied_params) = count_sql(later, cap), count_sql(tied, cap)
-    return f"(({later_sql}) + ({tied_sql}))", [*later_params, *tied_params]
+    n = db.obj.execute_sql(f"SELECT ({later_sql}) + ({tied_sql})",
+                           [*later_params, *tied_params]).fetchone()[0]
+    return n + 1 if n <= cap else None
 
 
 def narrow(query: pw.ModelSelect, f: MessageFilter, default_region: str = "") -> pw.ModelSelect:

@@ -162,9 +162,7 @@ def messages() -> Any:
     region = current_app.config["TRACKER"]["default_region"]
     base = reporting.base_where(flt, region)  # once for the list and the counts: a search probes
     where = base.status(flt.status)
-    carried = reporting.as_id(request.args.get("start"))  # the paging links say their place
-    page = reporting.list_messages(flt, region, where=where, count_cap=reporting.COUNT_CAP,
-                                   place=carried is None)
+    page = reporting.list_messages(flt, region, where=where, count_cap=reporting.COUNT_CAP)
     count = page.count or reporting.count_messages(flt, region, where=where)
     inline = request.args.get("counts") == "1"
     counts = (reporting.page_status_counts(flt, base, page) if inline
@@ -182,7 +180,7 @@ def messages() -> Any:
         export_url=url_for("exports.start"), export_query=f"&{urlencode(args)}" if args else "",
         inline_url=_with_query(url_for("dashboard.messages"),
                                {**request.args.to_dict(), "counts": "1"}),
-        start=_start(flt, page, carried), statuses=[s.value for s in Status],
+        start=_start(flt, page, where), statuses=[s.value for s in Status],
         providers=_providers(flt), filter_args={**args, "counts": "1"} if inline else args,
         page_size=reporting.PAGE_SIZE, problems=problems,
     ), 400 if problems else 200
@@ -229,13 +227,13 @@ def _with_query(path: str, args: dict[str, str]) -> str:
 
 
 def _start(flt: reporting.MessageFilter, page: reporting.Page,
-           carried: int | None) -> int | None:
+           where: reporting.Where) -> int | None:
     """The page's first row's place among the matches (1 = newest): carried by the paging links
-    (`start`), counted in the list's statement when a page was reached without it (a bookmark,
-    a shared link); None when not known."""
+    (`start`), counted when a page was reached without it; None when not known."""
     if not (flt.before or flt.after) or (flt.after and page.newer is None):
         return 1  # the newest page
-    return carried or page.start
+    carried = reporting.as_id(request.args.get("start"))
+    return carried or reporting.position(where, page)
 
 
 def _providers(flt: reporting.MessageFilter) -> list[str]:
