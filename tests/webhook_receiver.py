@@ -81,7 +81,14 @@ class Receiver:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                if len(body) < length:
+                    # The sender died mid-request (a test kills the worker): a real server never
+                    # sees a cut-off request as one, so neither does this one (CI: a killed
+                    # worker's last request was recorded with an empty body, unsigned).
+                    self.close_connection = True
+                    return
                 with receiver._lock:
                     receiver.in_flight += 1
                     receiver.peak = max(receiver.peak, receiver.in_flight)
