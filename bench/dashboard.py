@@ -430,7 +430,7 @@ def p(values: list[float], q: float) -> float:
 def measure(url: str, reps: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Each shape's row of figures, and the same run's reference: what this machine gave at
     the same moments for a request that does no work of ours and for one database round trip
-    (this VM's speed drifts by a third from hour to hour; the reference shows where it was)."""
+    (this VM's speed drifts by a fifth within an hour; the reference shows where it was)."""
     from tracker import accounts, create_app, reporting
     from tracker.db import db
 

@@ -218,12 +218,23 @@ def queued(n: int, provider: str = "skycore") -> list[Message]:
             for i in range(n)]
 
 
+def text_of(browser, selector: str) -> str:
+    """The element's shown text, read in one script: auto-refresh replaces the page's content
+    under the test, and an element found in one call and read in the next may be gone by then
+    (StaleElementReferenceException, seen in a full run)."""
+    text = browser.execute_script(
+        "var el = document.querySelector(arguments[0]); return el ? el.innerText : null;",
+        selector)
+    assert text is not None, f"no {selector} on the page"
+    return text
+
+
 def table_text(browser) -> str:
-    return browser.find_element(By.CSS_SELECTOR, "table.list tbody").text
+    return text_of(browser, "table.list tbody")
 
 
 def refresh_state(browser) -> str:
-    return browser.find_element(By.CSS_SELECTOR, ".refresh-state").text
+    return text_of(browser, ".refresh-state")
 
 
 @SIZES
@@ -256,8 +267,8 @@ def test_auto_refresh_keeps_the_filter_and_the_scroll_and_is_remembered(
     assert browser.execute_script("return window.scrollY") == scrolled
     assert refresh_state(browser).startswith("updated ")
     # Its counts per status (static/counts.js) came again with it: 61 queued at Skycore now.
-    WebDriverWait(browser, 10).until(lambda b: b.find_element(
-        By.CSS_SELECTOR, "nav.status-tabs").text.split() == ["all", "61", "queued", "61"],
+    WebDriverWait(browser, 10).until(
+        lambda b: text_of(b, "nav.status-tabs").split() == ["all", "61", "queued", "61"],
         message="the counts per status were not refreshed")
     assert_fits(browser, size)
 

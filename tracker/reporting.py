@@ -539,10 +539,10 @@ def position(where: Where, page: Page, cap: int = COUNT_CAP) -> int | None:
     # entries a heap fetch (1.5 ms for a busy number's last page, a third of the list's
     # budget), where `created_at > at` alone is an index-only scan (0.2 ms) and the ties are
     # none or a few.
-    later = Where((*where.terms, f"created_at > {p}"), (*where.params, first.created_at),
-                  where.searching)
-    tied = Where((*where.terms, f"created_at = {p}", f"id > {p}"),
-                 (*where.params, first.created_at, first.id), where.searching)
+    later = replace(where, terms=(*where.terms, f"created_at > {p}"),
+                    params=(*where.params, first.created_at))
+    tied = replace(where, terms=(*where.terms, f"created_at = {p}", f"id > {p}"),
+                   params=(*where.params, first.created_at, first.id))
     (later_sql, later_params), (tied_sql, tied_params) = count_sql(later, cap), count_sql(tied, cap)
     n = db.obj.execute_sql(f"SELECT ({later_sql}) + ({tied_sql})",
                            [*later_params, *tied_params]).fetchone()[0]

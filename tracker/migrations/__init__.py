@@ -27,12 +27,14 @@ from . import (
     m0011_webhooks,
     m0012_event_callback,
     m0013_search_provider,
+    m0014_list_order,
 )
 
 MIGRATIONS = [m0001_initial, m0002_sending, m0003_dashboard, m0004_accounts,
               m0005_rollups, m0006_search_cover, m0007_send_lease, m0008_export_jobs,
               m0009_number_suffix, m0010_cli_accounts,
-              m0011_webhooks, m0012_event_callback, m0013_search_provider]
+              m0011_webhooks, m0012_event_callback, m0013_search_provider,
+              m0014_list_order]
 
 
 def applied_versions(database: peewee.Database) -> set[int]:
