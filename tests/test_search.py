@@ -154,3 +154,17 @@ def test_a_search_narrowed_by_provider_checks_it_in_the_search_index(
         db.obj.execute_sql("RESET ALL")
         assert f"Index Only Scan using {index}" in plan, plan
     assert reporting.count_messages(flt).n == matches
+
+
+def test_a_search_probe_is_planned_once_per_connection(numbers) -> None:
+    """Postgres: which columns hold a search is asked by a prepared statement (one plan for
+    every value: each EXISTS is one index lookup), so a search is not planned twice."""
+    if is_sqlite():
+        pytest.skip("SQLite's module caches its statements itself")
+    for q in ("0119", "7700 900119", "campaign-7"):
+        assert reporting.list_messages(reporting.MessageFilter(q=q)).rows is not None
+    probes = [row[0] for row in db.obj.execute_sql(
+        "SELECT statement FROM pg_prepared_statements WHERE statement LIKE %s",
+        ["%EXISTS (SELECT 1 FROM message WHERE reference%"])]
+    assert probes, "the search probe was not prepared"
+    assert all("$1" in text for text in probes), probes  # values as parameters, not text

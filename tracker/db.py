@@ -303,7 +303,8 @@ def _placeholder_sql(sql: str, param: str) -> str:
 
 
 def execute(sql: str, params: tuple[Any, ...] | list[Any] = (), prepare: bool = False) -> Any:
-    """Run hand-written SQL written with `?` placeholders on either database.
+    """Run hand-written SQL written with `?` placeholders on either database (or with the
+    bound database's own, `db.obj.param`, as reporting composes its statements).
 
     `prepare`: on Postgres, run it as a server-side prepared statement (for the callback path's
     statements, which run for every receipt). Postgres then parses and plans it once per
@@ -323,10 +324,10 @@ _prepared_on: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictiona
 @functools.lru_cache(maxsize=64)
 def _prepared_statement(sql: str) -> tuple[str, str]:
     """(name, PREPARE statement) for `sql`: the name is derived from the text, so a changed
-    statement never runs under an old name."""
+    statement never runs under an old name. Placeholders: `?`, or psycopg2's `%s`."""
     name = "tracker_" + hashlib.sha1(sql.encode(), usedforsecurity=False).hexdigest()[:16]
     numbers = itertools.count(1)
-    return name, f"PREPARE {name} AS " + re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
+    return name, f"PREPARE {name} AS " + re.sub(r"\?|%s", lambda _: f"${next(numbers)}", sql)
 
 
 def _execute_prepared(database: PostgresDatabase, sql: str,

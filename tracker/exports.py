@@ -18,11 +18,11 @@ is never silent (the client knows the length and reports a short file) and it ca
 Range request.
 
 Order: the messages list's, newest first (`created_at DESC, id DESC`, reporting.list_sql).
-Rows are read with keyset pagination on that pair (`created_at <= at AND (created_at < at OR
-id < last) ... LIMIT 5000`, never OFFSET), so memory is one batch whatever the row count, on
-SQLite and on Postgres (where psycopg2 would otherwise buffer a whole result client-side). Every
-filter index ends in created_at (SQLite adds the rowid after it), so each batch is one index
-range read in order. The keyset carries the last row's stored created_at itself (read as a
+Rows are read with keyset pagination on that pair (`(created_at, id) < (at, last) ... LIMIT
+5000`, never OFFSET), so memory is one batch whatever the row count, on SQLite and on Postgres
+(where psycopg2 would otherwise buffer a whole result client-side). Every filter index ends in
+(created_at, id) (SQLite's rowid; Postgres since 0014), so each batch is one index range read
+in order. The keyset carries the last row's stored created_at itself (read as a
 trailing column, dropped before writing), not a subquery on its id: retention may delete that
 row meanwhile, and a lookup of a deleted anchor would end the export early without a word.
 The upper bound is the highest id when the export starts, so rows inserted meanwhile are not
@@ -239,9 +239,7 @@ def _read_batches(fields: list[Any], flt: reporting.MessageFilter, default_regio
         if len(batch) < batch_size:
             return
         last_id, at = batch[-1][0], batch[-1][-1]
-        # As reporting.list_sql writes it: the first term bounds the index range.
-        keyset = [pw.SQL(f"created_at <= {p} AND (created_at < {p} OR id < {p})",
-                         [at, at, last_id])]
+        keyset = [pw.SQL(reporting.keyset_term("<", p), [at, last_id])]
 
 
 def expected_rows(flt: reporting.MessageFilter, default_region: str = "",
