@@ -1,8 +1,9 @@
 """Every shape of the messages list is read straight off one index, in the list's own order
 (created_at, id): no sort, so a page stops after its entries, whatever the database estimates
 (migrations 0003, 0009, 0013; on Postgres 0014). A sort above the index read every match of a
-QA number with 3,000 messages before the first row came back (9 ms for one page at 1,000,000
-messages, bench/dashboard.py); these plans hold that on SQLite and on Postgres."""
+QA number with 3,000 messages before the first row came back when Postgres misjudged their
+number (9 ms for one page at 1,000,000 messages); these plans hold that on SQLite and on
+Postgres."""
 
 from __future__ import annotations
 

@@ -9,9 +9,10 @@ wrong there, measured at 1,000,000 messages (bench/dashboard.py):
 - A rare error code over a week ("error + date") was read off the created_at index, filtering
   2,355 rows to fill a page (0.81 ms), where its own index holds exactly the page (0.34 ms with
   this migration; the planner now picks it).
-- Where the planner misjudges how many rows match (a QA number with 3,000 messages taken for
-  one with a few), the sort reads every match before the first row comes back: 9 ms for one
-  page. An index in the list's order stops after the page's 51 entries.
+- Where the planner misjudges how many rows match (a plan made without the values, as a
+  prepared statement's generic plan is, takes a QA number with 3,000 messages for one with a
+  few), it sorts every match before the first row comes back: 9 ms for one page. An index in
+  the list's order stops after the page's 51 entries.
 
 Each index keeps its name and what it holds (built under a new name, the old one dropped, then
 renamed, as in 0006). `id` adds 4 bytes to an entry and no write: an UPDATE that changes an
