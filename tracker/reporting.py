@@ -295,9 +295,10 @@ def list_messages(f: MessageFilter, default_region: str = "",
     one round trip instead of two, which is a fifth of a Postgres list request. An empty page
     carries no count, except the first page of a filter (its count is 0); the caller counts.
 
-    Order and keyset are (created_at, id), not id alone: every filter index ends in created_at
-    (SQLite adds the rowid after it), so each filter shape is one index range scan read in
-    order, date range included, and the page stops after `limit + 1` entries. Ordering by id
+    Order and keyset are (created_at, id), not id alone: every filter index ends in that pair
+    (SQLite's rowid; Postgres since migration 0014), so each filter shape is one index range
+    scan read in order with no sort, date range included, and the page stops after `limit + 1`
+    entries (tests/test_list_plans.py). Ordering by id
     would need a sort (Postgres) or could not use the date range (both). Our inserts make
     created_at order equal id order, and the id breaks ties, so pages never skip or repeat.
     """
