@@ -71,8 +71,8 @@ def plan(sql: str, params: list) -> str:
 @pytest.mark.parametrize("page", PAGES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_a_list_page_is_read_in_index_order_without_a_sort(messages, shape, page) -> None:
-    anchor = str(messages[20].id)
-    args = {**SHAPES[shape], **{k: v.format(anchor=anchor) for k, v in PAGES[page].items()}}
+    anchor = messages[20]
+    args = {**SHAPES[shape], **{k: v.format(anchor=anchor.id) for k, v in PAGES[page].items()}}
     flt = reporting.MessageFilter.from_args(args)
     sql, params = reporting.list_sql(flt, count_cap=reporting.COUNT_CAP)
     shown = plan(sql, params)
@@ -86,14 +86,14 @@ def test_a_list_page_is_read_in_index_order_without_a_sort(messages, shape, page
         assert not [line for line in shown.splitlines()
                     if "Filter" in line and "created_at" in line], shown
     # And the page is the right one: newest first, (created_at, id) breaking ties.
-    expected = sorted(reporting.narrow(Message.select(), flt), reverse=True,
-                      key=lambda m: (m.created_at, m.id))
+    def key(m: Message) -> tuple[dt.datetime, int]:
+        return m.created_at, m.id
+
+    expected = sorted(reporting.narrow(Message.select(), flt), key=key, reverse=True)
     if flt.before:
-        expected = [m for m in expected if (m.created_at, m.id) < (messages[20].created_at,
-                                                                    messages[20].id)]
-    if flt.after:
-        expected = [m for m in expected if (m.created_at, m.id) > (messages[20].created_at,
-                                                                    messages[20].id)]
-        expected = expected[-reporting.PAGE_SIZE:]
-    listed = reporting.list_messages(flt)
-    assert [m.id for m in listed.rows] == [m.id for m in expected[:reporting.PAGE_SIZE]]
+        expected = [m for m in expected if key(m) < key(anchor)][:reporting.PAGE_SIZE]
+    elif flt.after:
+        expected = [m for m in expected if key(m) > key(anchor)][-reporting.PAGE_SIZE:]
+    else:
+        expected = expected[:reporting.PAGE_SIZE]
+    assert [m.id for m in reporting.list_messages(flt).rows] == [m.id for m in expected]
